@@ -109,6 +109,28 @@ def test_token_server_knobs(token_registry, token_server):
     assert len(token_server.requests) == 2
 
 
+def test_oauth2_post_with_identity_token(token_registry, token_server):
+    """Docker trades a config.json ``identitytoken`` for an access token by POST."""
+    scope = "repository:private/secret:pull"
+    refresh = token_server.issue_refresh_token("alice")
+    r = requests.post(token_server.realm, timeout=10, data={
+        "grant_type": "refresh_token", "refresh_token": refresh, "service": token_server.service,
+        "scope": scope, "client_id": "puller"})
+    assert r.status_code == 200
+    token = r.json()["access_token"]
+    assert get_manifest(token_registry, "private/secret", "1", token=token).status_code == 200
+    assert token_server.requests[-1].form["client_id"] == ["puller"]
+    bad = requests.post(token_server.realm, timeout=10, data={
+        "grant_type": "refresh_token", "refresh_token": "forged", "service": token_server.service})
+    assert bad.status_code == 401
+
+
+def test_offline_token_returns_refresh_token(token_server):
+    r = requests.get(token_server.realm, auth=("alice", "wonderland"), timeout=10, params={
+        "service": token_server.service, "offline_token": "true"})
+    assert token_server.refresh_tokens[r.json()["refresh_token"]] == "alice"
+
+
 # --- basic auth ----------------------------------------------------------------------
 
 def test_basic_registry_checks_passwords(basic_registry):
@@ -168,6 +190,20 @@ def test_mirror_keeps_serving_after_upstream_stops(registry_factory):
     for digest, data in amd64.blobs.items():
         r = requests.get(f"{mirror.url}/v2/library/alpine/blobs/{digest}", timeout=10)
         assert r.content == data
+
+
+def test_mirror_of_an_auth_registry_uses_its_credentials(registry_factory, token_registry):
+    proxied = registry_factory(proxy=Proxy(token_registry.url, "alice", "wonderland"))
+    r = get_manifest(proxied, "private/secret", "1")
+    assert r.status_code == 200
+    assert r.content == token_registry.images["private/secret:1"].manifest
+
+
+def test_delete_manifest(registry_factory):
+    image = catalog()["library/shared-a:1"]
+    reg = registry_factory({"library/shared-a:1": image})
+    Pusher(reg.url).delete_manifest("library/shared-a", image.digest)
+    assert get_manifest(reg, "library/shared-a", "1").status_code == 404
 
 
 # --- independent readers: skopeo and umoci -------------------------------------------
