@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 from puller.errors import BadReference
 
-__all__ = ["Reference", "parse", "parse_digest", "DOCKER_HUB"]
+__all__ = ["DOCKER_HUB", "Reference", "parse", "parse_digest"]
 
 DOCKER_HUB = "docker.io"
 """The canonical name of Docker Hub in references."""

@@ -210,7 +210,8 @@ def test_store_refuses_bad_input(config: Path, username: str, password: str) -> 
 
 
 def test_erase_removes_every_alias_and_keeps_the_rest(config: Path) -> None:
-    write(config, {"auths": {"docker.io": {"auth": b64("a:1")}, DOCKER_HUB_KEY: {"auth": b64("b:2")},
+    write(config, {"auths": {"docker.io": {"auth": b64("a:1")},
+                             DOCKER_HUB_KEY: {"auth": b64("b:2")},
                              "r.example": {"auth": b64("c:3")}}, "credHelpers": {}})
     assert erase("index.docker.io", config_path=config) is True
     data = json.loads(config.read_text())

@@ -1,6 +1,8 @@
 """Reference parsing follows Docker's normalisation rules exactly."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -175,7 +177,7 @@ def test_bad_reference_is_also_a_value_error() -> None:
 
 
 def test_constructor_refuses_non_canonical_fields() -> None:
-    with pytest.raises(BadReference, match="docker.io"):
+    with pytest.raises(BadReference, match=r"docker\.io"):
         Reference("index.docker.io", "library/alpine", "latest")
     with pytest.raises(BadReference, match="namespace"):
         Reference("docker.io", "alpine", "latest")
@@ -258,7 +260,5 @@ def test_arbitrary_text_only_ever_raises_bad_reference(text: str) -> None:
 
 @given(st.text(alphabet="abcAB019:/@._-[]", max_size=60))
 def test_reference_shaped_text_only_ever_raises_bad_reference(text: str) -> None:
-    try:
+    with contextlib.suppress(BadReference):
         parse(text)
-    except BadReference:
-        pass

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Challenge", "parse_www_authenticate", "format_www_authenticate"]
+__all__ = ["Challenge", "format_www_authenticate", "parse_www_authenticate"]
 
 # RFC 7230 tchar and RFC 7235 token68 characters.
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789"
@@ -197,7 +197,7 @@ def _read_challenge(scanner: _Scanner, found: list[Challenge]) -> None:
     :class:`_Malformed` propagates and reading stops.
     """
     scheme = scanner.read_while(_TCHAR).lower()
-    if not scheme or scanner.peek() not in ("", ",") + tuple(_SPACE):
+    if not scheme or scanner.peek() not in ("", ",", *_SPACE):
         raise _Malformed("expected an auth-scheme")
     scanner.skip(_SPACE)
     kind = "end" if scanner.at_element_end() else scanner.next_kind()

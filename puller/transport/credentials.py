@@ -29,13 +29,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from puller.errors import AuthError, DiskFull, UsageError
+
 TYPE_CHECKING = False  # typing costs an import on the warm path; only checkers need it
 if TYPE_CHECKING:
     from typing import Any
 
-from puller.errors import AuthError, DiskFull, UsageError
-
-__all__ = ["Credentials", "lookup", "store", "erase", "config_file", "DOCKER_HUB_KEY"]
+__all__ = ["DOCKER_HUB_KEY", "Credentials", "config_file", "erase", "lookup", "store"]
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 """The key Docker writes Docker Hub's credentials under (and sends to helpers)."""
@@ -76,7 +76,10 @@ class Credentials:
 
 
 def config_file(config_path: Path | None = None) -> Path:
-    """The config file to use: ``config_path``, ``$DOCKER_CONFIG/config.json``, or ``~/.docker``'s."""
+    """The file to use: ``config_path``, ``$DOCKER_CONFIG/config.json``, ``~/.docker/config.json``.
+
+    Resolved at call time, so a changed environment (or a test's) is honoured.
+    """
     if config_path is not None:
         return Path(config_path)
     directory = os.environ.get("DOCKER_CONFIG")
@@ -328,7 +331,7 @@ def store(registry: str, username: str, password: str, *,
     key = _config_key(host)
     old = auths.get(key)
     entry = {k: v for k, v in (old if isinstance(old, dict) else {}).items()
-             if k not in _SECRET_FIELDS + ("username",)}
+             if k not in (*_SECRET_FIELDS, "username")}
     helper = _helper_for(config, host, path)
     if helper is not None:
         payload = json.dumps({"ServerURL": key, "Username": username, "Secret": password})
