@@ -1,0 +1,98 @@
+"""``puller unpack``: apply an image's layers into a directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import (CacheOpt, InsecureOpt, JsonOpt, MirrorOpt, OfflineOpt, PlatformOpt,
+                     ProgressOpt, QuietOpt, VerboseOpt, handle_errors, offline_default,
+                     progress_for, registry_options)
+from .output import emit_json
+
+
+def register(app: typer.Typer) -> None:
+    app.command("unpack", help="Unpack an image into DEST (pulls it first if needed).")(unpack_cmd)
+
+
+def resolve_layout(spec: str, wanted):
+    """``DIR:REF`` (or ``DIR`` with a single image) of an OCI layout on disk."""
+    from ..errors import NotCached, UsageError
+    from ..image import resolve
+    from ..store import Store
+    path, _, refname = spec.partition(":")
+    store = Store(path)
+    if not store.exists():
+        raise UsageError(f"{path} is not an OCI image layout (no index.json)")
+    refs = store.refs()
+    if refname:
+        matches = [r for r in refs if r.name == refname]
+    else:
+        matches = refs if len(refs) == 1 else []
+        if len(refs) > 1:
+            raise UsageError(f"{path} holds {len(refs)} images; name one as {path}:REF")
+    if not matches:
+        raise NotCached(f"no image {refname!r} in layout {path}")
+    img = resolve(store, matches[0], wanted)
+    if img is None:
+        raise NotCached(f"image {refname or matches[0].name!r} in {path} is incomplete for {wanted}")
+    return store, img
+
+
+def resolve_image(image: str, *, cache, wanted, offline: bool, progress, options):
+    """A ref from the cache, pulled first when it is not complete there."""
+    from ..errors import NotCached
+    from ..image import lookup_ref, resolve
+    from ..pull import pull
+    from ..reference import parse
+    from ..store import Store
+    ref = parse(image)
+    store = Store(cache)
+    entry = lookup_ref(store, ref) if store.exists() else None
+    img = resolve(store, entry, wanted) if entry is not None else None
+    if img is None:
+        if offline:
+            raise NotCached(f"{ref.familiar} is not in the cache (offline mode)")
+        pull(ref, store=store, platform=wanted, options=options, progress=progress)
+        img = resolve(store, lookup_ref(store, ref), wanted)
+    return store, img
+
+
+@handle_errors
+def unpack_cmd(image: str = typer.Argument(None, metavar="IMAGE"),
+               dest: Path = typer.Argument(..., metavar="DEST"),
+               layout: str = typer.Option(None, "--layout", metavar="DIR[:REF]", help="Read the image from an OCI layout on disk instead of the cache."),
+               force: bool = typer.Option(False, "--force", help="Replace DEST if it exists."),
+               platform: PlatformOpt = None, cache: CacheOpt = None, offline: OfflineOpt = False,
+               quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = "auto",
+               json_out: JsonOpt = False, registry_mirror: MirrorOpt = None,
+               insecure_registry: InsecureOpt = None) -> int:
+    import os
+    from ..errors import UsageError
+    from ..platform import parse_platform
+    from ..unpack import unpack
+    wanted = parse_platform(platform)
+    prog = progress_for(quiet, progress, verbose)
+    try:
+        if layout:
+            if image is not None:
+                raise UsageError("give either IMAGE or --layout, not both")
+            store, img = resolve_layout(layout, wanted)
+        else:
+            if image is None:
+                raise UsageError("missing IMAGE")
+            store, img = resolve_image(image, cache=cache, wanted=wanted, offline=offline_default(offline),
+                                       progress=prog, options=registry_options(registry_mirror, insecure_registry))
+        record = None
+        if os.geteuid() != 0:
+            record = store.root / "rootless" / f"{img.local_digest.split(':')[1]}.json"
+            record.parent.mkdir(parents=True, exist_ok=True)
+        result = unpack(img.layer_openers(store), img.diff_ids, dest, force=force, record=record,
+                        progress=prog)
+    finally:
+        prog.close()
+    if json_out:
+        emit_json({"ref": img.name, "digest": img.manifest_digest, "dest": str(dest),
+                   "record": str(record) if record else None,
+                   **({"result": result.to_json()} if hasattr(result, "to_json") else {})})
+    return 0
