@@ -14,8 +14,8 @@ import requests
 from fixtures.catalog import MULTI_EXPECTED, catalog
 from fixtures.images import DOCKER_LIST, OCI_INDEX, OCI_MANIFEST, sha256, write_oci_layout
 from fixtures.push import Pusher, parse_challenge
-from fixtures.registry import Proxy, RegistryProcess
-from fixtures.tokenserver import SigningKey, TokenServer
+from fixtures.registry import Proxy, RegistryProcess, RegistryStartError, TokenAuth
+from fixtures.tokenserver import REGISTRY_LEEWAY, SigningKey, TokenServer
 
 ACCEPT = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST,
                     "application/vnd.docker.distribution.manifest.v2+json"])
@@ -34,6 +34,28 @@ def fetch_token(ts: TokenServer, scope: str, auth: tuple[str, str] | None = None
                 ) -> requests.Response:
     return requests.get(ts.realm, params={"service": ts.service, "scope": scope},
                         auth=auth, timeout=10)
+
+
+# --- the process itself --------------------------------------------------------------
+
+def test_start_failure_quotes_the_registry_log(tmp_path):
+    bad = TokenAuth("http://127.0.0.1:1/token", "svc", "iss", b"not a certificate")
+    with pytest.raises(RegistryStartError, match="(?s)exited with .*log .*registry.log"):
+        RegistryProcess.start(tmp_path, token=bad)
+
+
+def test_missing_binary_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RegistryStartError, match="apt-get install docker-registry"):
+        RegistryProcess.start(tmp_path)
+
+
+def test_stop_ends_the_process(registry_factory):
+    reg = registry_factory()
+    reg.stop()
+    assert not reg.running
+    with pytest.raises(requests.ConnectionError):
+        requests.get(reg.url + "/v2/", timeout=5)
 
 
 # --- bearer tokens -------------------------------------------------------------------
@@ -72,6 +94,21 @@ def test_registry_rejects_expired_token(token_registry, token_server):
     # the registry allows 60 s of clock skew, so expire it well before that
     expired = token_server.mint(PULL_ALPINE, now=time.time() - 600, expires_in=300)
     assert get_manifest(token_registry, "library/alpine", "3.10", token=expired).status_code == 401
+
+
+def test_short_lived_tokens_really_expire(token_registry, token_server):
+    token_server.set_expires_in(2)
+    token_server.set_clock_offset(-REGISTRY_LEEWAY)
+    token = fetch_token(token_server, "repository:library/alpine:pull").json()["token"]
+    assert get_manifest(token_registry, "library/alpine", "3.10", token=token).status_code == 200
+    _wait_until(lambda: get_manifest(token_registry, "library/alpine", "3.10",
+                                     token=token).status_code == 401, "the token to expire")
+
+
+def test_skewed_token_server_tokens_are_not_yet_valid(token_registry, token_server):
+    token_server.set_clock_offset(2 * REGISTRY_LEEWAY)
+    token = fetch_token(token_server, "repository:library/alpine:pull").json()["token"]
+    assert get_manifest(token_registry, "library/alpine", "3.10", token=token).status_code == 401
 
 
 def test_registry_rejects_token_for_another_service(token_registry, token_server):
