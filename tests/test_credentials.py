@@ -344,3 +344,17 @@ def test_every_error_is_a_puller_error(config: Path) -> None:
     write(config, {"auths": {"r.example": {"auth": 42}}})
     with pytest.raises(PullerError):
         lookup("r.example", config_path=config)
+
+
+def test_warm_path_modules_import_nothing_heavy() -> None:
+    """References, challenges and credentials are read on every pull, warm ones included."""
+    import subprocess
+
+    code = ("import sys; before = set(sys.modules); import puller.reference, "
+            "puller.transport.challenge, puller.transport.credentials; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True).stdout.split())
+    heavy = {"requests", "urllib3", "subprocess", "tempfile", "ipaddress", "typing", "typer"}
+    assert "puller.transport.credentials" in loaded
+    assert not loaded & heavy
