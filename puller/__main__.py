@@ -1,0 +1,4 @@
+"""python -m puller"""
+from .cli.entry import main
+
+main()
