@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from puller.transport.challenge import Challenge, format_www_authenticate, parse_www_authenticate
 
@@ -127,6 +127,8 @@ def test_format_quotes_and_escapes() -> None:
 
 # --- properties -------------------------------------------------------------------------
 
+untimed = settings(deadline=None)  # tests never assert on time: no per-example deadline
+
 # Values may hold anything a header can carry: commas, quotes, backslashes, spaces, '='.
 _value = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.sampled_from(
     ',"\\ =\t\u00e9'), max_size=40)
@@ -134,6 +136,7 @@ _names = st.sampled_from(["realm", "service", "scope", "error", "error_descripti
 _scheme = st.sampled_from(["bearer", "basic", "newauth", "x-custom.1"])
 
 
+@untimed
 @given(realm=_value, service=_value, scope=_value)
 def test_docker_style_header_round_trips(realm: str, service: str, scope: str) -> None:
     def q(v: str) -> str:
@@ -152,17 +155,20 @@ _token68_challenge = st.builds(
     _scheme, st.from_regex(r"[A-Za-z0-9._~+/-]{1,20}", fullmatch=True), st.integers(0, 2))
 
 
+@untimed
 @given(st.lists(_challenge | _token68_challenge, min_size=1, max_size=4))
 def test_formatted_challenges_parse_back_to_themselves(challenges: list[Challenge]) -> None:
     assert parse_www_authenticate(format_www_authenticate(challenges)) == tuple(challenges)
 
 
+@untimed
 @given(st.text(max_size=200))
 def test_arbitrary_text_never_raises(text: str) -> None:
     for challenge in parse_www_authenticate(text):
         assert isinstance(challenge, Challenge)
 
 
+@untimed
 @given(st.text(alphabet='Bearer realm=",\\ \tx', max_size=60))
 def test_header_shaped_text_never_raises(text: str) -> None:
     parse_www_authenticate(text)
