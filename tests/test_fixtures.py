@@ -220,7 +220,7 @@ def test_mirror_keeps_serving_after_upstream_stops(registry_factory):
     assert get_manifest(mirror, "library/alpine", amd64.digest).status_code == 200
     for digest in amd64.blobs:
         requests.get(f"{mirror.url}/v2/library/alpine/blobs/{digest}", timeout=10)
-        _wait_until(lambda: mirror.has_blob(digest), f"mirror to store {digest}")
+        _wait_until(lambda d=digest: mirror.has_blob(d), f"mirror to store {digest}")
     upstream.stop()
     assert get_manifest(mirror, "library/alpine", "3.10").content == index.manifest
     assert get_manifest(mirror, "library/alpine", amd64.digest).content == amd64.manifest
