@@ -1,0 +1,189 @@
+"""Resource limits (--memory, --cpus, --pids-limit) through cgroup v2 or v1.
+
+Only used when a limit is asked for, so a plain run never touches /sys/fs/cgroup.
+The container's cgroup is a child of the caller's own cgroup in each hierarchy (never a
+sibling somewhere else: whoever placed us keeps their accounting), named after the
+container id, and removed when the container exits.
+
+* cgroup v2 (unified, or the ``unified`` mount of a hybrid layout) is used when it offers
+  every controller needed; as an unprivileged user only inside a delegated subtree.
+* cgroup v1 controllers (``/sys/fs/cgroup/<controller>``) are used as root when v2 lacks
+  a controller, as on hybrid hosts where memory/pids/cpu are still v1.
+
+Memory includes swap (v2 ``memory.swap.max = 0``, v1 ``memsw`` = limit): past the limit the
+kernel's OOM killer sends SIGKILL, so the container exits with 137, as in Docker.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from puller.errors import RunError
+
+__all__ = ["Limits", "Cgroup", "create", "remove"]
+
+_V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
+                   "blkio", "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"}
+CFS_PERIOD = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits of one container; None means unlimited."""
+    memory: int | None = None    # bytes, swap included
+    cpus: float | None = None    # number of CPUs (0.5 = half of one)
+    pids: int | None = None      # maximum number of tasks
+
+    def __post_init__(self) -> None:
+        if self.memory is not None and self.memory < 6 * 1024 * 1024:
+            raise ValueError("--memory must be at least 6 MiB (as in Docker)")
+        if self.cpus is not None and self.cpus <= 0:
+            raise ValueError("--cpus must be positive")
+        if self.pids is not None and self.pids < 1:
+            raise ValueError("--pids-limit must be at least 1")
+
+    @property
+    def controllers(self) -> frozenset[str]:
+        """The cgroup controllers these limits need."""
+        return frozenset(name for name, value in (("memory", self.memory), ("cpu", self.cpus),
+                                                   ("pids", self.pids)) if value is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Cgroup:
+    """The directories of one container's cgroup (one per v1 hierarchy, or one for v2)."""
+    paths: tuple[str, ...]
+    version: int
+
+
+def _mounts() -> tuple[tuple[str, str] | None, dict[str, tuple[str, str]]]:
+    """(v2 mount point, mount root) and {v1 controller: (mount point, mount root)}."""
+    v2, v1 = None, {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(rfields) < 3:
+                continue
+            mount_root, point = fields[3], fields[4]
+            if rfields[0] == "cgroup2" and v2 is None:
+                v2 = (point, mount_root)
+            elif rfields[0] == "cgroup":
+                for opt in rfields[2].split(","):
+                    if opt in _V1_CONTROLLERS:
+                        v1.setdefault(opt, (point, mount_root))
+    return v2, v1
+
+
+def _own() -> dict[str, str]:
+    """This process's cgroup path per hierarchy ("" is the v2 one)."""
+    out = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            for ctrl in ctrls.split(",") if ctrls else [""]:
+                out[ctrl] = path
+    return out
+
+
+def _join(mount: tuple[str, str], own: str) -> str:
+    point, root = mount
+    rel = own[len(root):] if root != "/" and own.startswith(root) else own
+    return point.rstrip("/") + "/" + rel.strip("/")
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _v2(mount: tuple[str, str], own: str, name: str, limits: Limits) -> Cgroup | None:
+    parent = _join(mount, own).rstrip("/")
+    try:
+        with open(f"{parent}/cgroup.controllers") as f:
+            available = set(f.read().split())
+    except OSError:
+        return None
+    if not limits.controllers <= available:
+        return None
+    with open(f"{parent}/cgroup.subtree_control") as f:
+        enabled = set(f.read().split())
+    missing = limits.controllers - enabled
+    try:
+        if missing:
+            _write(f"{parent}/cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
+        path = f"{parent}/{name}"
+        os.mkdir(path)
+    except OSError as e:
+        raise RunError(f"cannot create a cgroup under {parent} ({e.strerror}): resource limits "
+                       "need root or a delegated cgroup v2 subtree", exit_code=125) from None
+    try:
+        if limits.memory is not None:
+            _write(f"{path}/memory.max", str(limits.memory))
+            if os.path.exists(f"{path}/memory.swap.max"):
+                _write(f"{path}/memory.swap.max", "0")
+        if limits.cpus is not None:
+            _write(f"{path}/cpu.max", f"{int(limits.cpus * CFS_PERIOD)} {CFS_PERIOD}")
+        if limits.pids is not None:
+            _write(f"{path}/pids.max", str(limits.pids))
+    except OSError as e:
+        remove(Cgroup((path,), 2))
+        raise RunError(f"cannot set cgroup v2 limits in {path}: {e.strerror}") from None
+    return Cgroup((path,), 2)
+
+
+def _v1(v1: dict[str, tuple[str, str]], own: dict[str, str], name: str,
+        limits: Limits) -> Cgroup:
+    missing = [c for c in sorted(limits.controllers) if c not in v1]
+    if missing:
+        raise RunError(f"no cgroup controller for {', '.join(missing)} on this host",
+                       exit_code=125)
+    if os.geteuid() != 0:
+        raise RunError("resource limits need root or a delegated cgroup v2 subtree "
+                       "(this host has them on cgroup v1 only)", exit_code=125)
+    made: list[str] = []
+    try:
+        for ctrl in sorted(limits.controllers):
+            path = f"{_join(v1[ctrl], own.get(ctrl, '/')).rstrip('/')}/{name}"
+            if path in made:  # co-mounted controllers (cpu,cpuacct) share one directory
+                continue
+            os.mkdir(path)
+            made.append(path)
+            if ctrl == "memory":
+                _write(f"{path}/memory.limit_in_bytes", str(limits.memory))
+                if os.path.exists(f"{path}/memory.memsw.limit_in_bytes"):
+                    _write(f"{path}/memory.memsw.limit_in_bytes", str(limits.memory))
+            elif ctrl == "cpu":
+                _write(f"{path}/cpu.cfs_period_us", str(CFS_PERIOD))
+                _write(f"{path}/cpu.cfs_quota_us", str(int(limits.cpus * CFS_PERIOD)))
+            elif ctrl == "pids":
+                _write(f"{path}/pids.max", str(limits.pids))
+    except OSError as e:
+        remove(Cgroup(tuple(made), 1))
+        raise RunError(f"cannot set up cgroup v1 limits: {e.strerror} ({e.filename})") from None
+    return Cgroup(tuple(made), 1)
+
+
+def create(name: str, limits: Limits) -> Cgroup:
+    """Create the container's cgroup with ``limits`` applied (v2 preferred, else v1)."""
+    v2, v1 = _mounts()
+    own = _own()
+    if v2 is not None and "" in own:
+        found = _v2(v2, own[""], name, limits)
+        if found is not None:
+            return found
+    return _v1(v1, own, name, limits)
+
+
+def remove(cgroup: Cgroup) -> None:
+    """rmdir the container's cgroup; retried briefly while its last tasks are exiting."""
+    for path in cgroup.paths:
+        for attempt in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.01 * (attempt + 1) if attempt < 10 else 0.1)

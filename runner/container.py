@@ -1,0 +1,304 @@
+"""Run one container: :class:`RunSpec` in, exit status out.
+
+``run(spec)`` is the runner process of :mod:`runner.namespace`: it stays in the host's
+namespaces, prepares the container's directories and cgroup, forks the keeper, answers
+its requests (user-namespace maps), forwards SIGINT/TERM/HUP/QUIT/WINCH to PID 1, relays
+the terminal, and cleans up. Errors come back as :class:`puller.errors.RunError` with
+Docker's exit codes (125 setup failed, 126 cannot execute, 127 not found).
+
+Usage::
+
+    spec = RunSpec(rootfs=Path("/cache/rootfs/abc"), argv=("sh", "-c", "echo $$"))
+    status = run(spec)     # 0, the command's status, or 128+N if killed by signal N
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from puller.errors import RunError, UsageError
+from runner import namespace, steps, userns
+from runner.cgroups import Limits
+
+__all__ = ["RunSpec", "Volume", "run", "NETWORKS"]
+
+NETWORKS = ("host", "none")
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A bind mount from the host (Docker's ``-v SRC:DST[:ro]``)."""
+    source: str
+    dest: str
+    readonly: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.dest.startswith("/"):
+            raise UsageError(f"volume destination must be an absolute path: {self.dest!r}")
+        if ".." in self.dest.split("/"):
+            raise UsageError(f"volume destination must not contain '..': {self.dest!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Volume:
+        """Parse ``SRC:DST[:ro|rw]``; a relative SRC is taken from the current directory."""
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise UsageError(f"invalid volume {text!r}: expected SRC:DST[:ro]")
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("ro", "rw"):
+            raise UsageError(f"invalid volume mode {mode!r} in {text!r}: use ro or rw")
+        return cls(os.path.abspath(parts[0]), parts[1], mode == "ro")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """What to run and how; the process fields are already resolved from the image config
+    (see :mod:`runner.process`), except ``user``, which is looked up inside the root."""
+    rootfs: Path                     # the shared, read-only base rootfs (never modified)
+    argv: tuple[str, ...]
+    env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
+    workdir: str = "/"
+    user: str = ""                   # NAME|UID[:GROUP|GID], "" = root
+    hostname: str | None = None      # default: the container's short id
+    volumes: tuple[Volume, ...] = ()
+    network: str = "host"            # host | none
+    read_only: bool = False
+    tty: bool | None = None          # None: a pty exactly when stdin is a terminal
+    init: bool = False
+    limits: Limits = field(default_factory=Limits)
+    name: str | None = None          # keep the writable layer under containers_dir/NAME
+    containers_dir: Path | None = None
+    state_dir: Path | None = None    # where throw-away upper dirs go (default $TMPDIR)
+    sidecar: Path | None = None      # rootless unpack record of the image, if any
+    image: str = ""                  # shown by `puller ps`
+    container_id: str | None = None  # 64 hex digits; random when None
+
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise UsageError("no command to run")
+        if self.network not in NETWORKS:
+            raise UsageError(f"unsupported network {self.network!r}: use host or none "
+                             "(a private network needs slirp4netns or pasta, not installed)")
+        if not self.workdir.startswith("/"):
+            raise UsageError(f"the working directory {self.workdir!r} must be absolute")
+        if self.name is not None and self.containers_dir is None:
+            raise UsageError("a named container needs containers_dir")
+        if self.name is not None and (not self.name or "/" in self.name
+                                      or self.name.startswith(".")):
+            raise UsageError(f"invalid container name {self.name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Dirs:
+    tmp: str          # throw-away: merged mount point (and upper/work with --rm)
+    upper: str
+    work: str
+    named: str | None
+
+
+def _make_dirs(spec: RunSpec, cid: str) -> _Dirs:
+    base = str(spec.state_dir or os.environ.get("TMPDIR") or "/tmp")
+    tmp = os.path.join(base, f"puller-run-{cid[:12]}")
+    os.mkdir(tmp, 0o700)
+    os.mkdir(f"{tmp}/merged")
+    named = None
+    if spec.name is not None:
+        from runner.containers import create_container
+        named = str(create_container(spec.containers_dir, spec.name, cid, spec))
+        upper, work = f"{named}/upper", f"{named}/work"
+    else:
+        upper, work = f"{tmp}/upper", f"{tmp}/work"
+        os.mkdir(upper)
+        os.mkdir(work)
+    return _Dirs(tmp, upper, work, named)
+
+
+def _resolv_conf(net_none: bool) -> str:
+    """The host's resolv.conf; with --net none its loopback resolvers are dropped (the
+    container's own lo has nothing listening)."""
+    try:
+        with open("/etc/resolv.conf") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    if not net_none:
+        return text
+    keep = [line for line in text.splitlines()
+            if not (line.split()[:1] == ["nameserver"] and len(line.split()) > 1
+                    and (line.split()[1].startswith("127.") or line.split()[1] == "::1"))]
+    return "\n".join(keep) + "\n"
+
+
+def _volumes(spec: RunSpec) -> tuple[steps.BindMount, ...]:
+    out = []
+    for vol in spec.volumes:
+        if not os.path.exists(vol.source):
+            raise RunError(f"bind source path does not exist: {vol.source}", exit_code=125)
+        out.append(steps.BindMount(vol.source, vol.dest, vol.readonly))
+    return tuple(out)
+
+
+def _check_threads() -> None:
+    """fork() with other threads alive copies their locks mid-use; refuse to risk it."""
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        raise RunError("internal error: cannot start a container while other threads run",
+                       exit_code=125)
+
+
+def run(spec: RunSpec) -> int:
+    """Run the container to completion and return its exit status."""
+    cid = spec.container_id or os.urandom(32).hex()
+    hostname = spec.hostname or cid[:12]
+    mapping = userns.choose()
+    tty = os.isatty(0) if spec.tty is None else spec.tty
+    if not os.path.isdir(spec.rootfs):
+        raise RunError(f"rootfs {spec.rootfs} is not a directory", exit_code=125)
+    volumes = _volumes(spec)
+    _check_threads()
+    dirs = _make_dirs(spec, cid)
+    cgroup = None
+    status: int | None = None
+    try:
+        if spec.limits.controllers:
+            from runner import cgroups
+            cgroup = cgroups.create(f"puller-{cid[:12]}", spec.limits)
+        net_none = spec.network == "none"
+        plan = namespace.build_plan(
+            rootfs=str(spec.rootfs), merged=f"{dirs.tmp}/merged", upper=dirs.upper,
+            work=dirs.work, mapping=mapping, net_none=net_none, hostname=hostname,
+            resolv_conf=_resolv_conf(net_none), volumes=volumes, read_only=spec.read_only)
+        cleanup = (dirs.tmp,) if dirs.named is None else (dirs.tmp, dirs.work + "/work")
+        launch = namespace.Launch(
+            plan=plan, merged=f"{dirs.tmp}/merged", argv=spec.argv, env=spec.env,
+            workdir=spec.workdir, user=spec.user, hostname=hostname, mapping=mapping,
+            net_none=net_none, tty=tty, init=spec.init,
+            cgroup_paths=() if cgroup is None else cgroup.paths,
+            sidecar=None if spec.sidecar is None else str(spec.sidecar), cleanup=cleanup)
+        status = _launch(launch, mapping)
+        return status
+    finally:
+        if cgroup is not None:
+            from runner import cgroups
+            cgroups.remove(cgroup)
+        if os.path.exists(dirs.tmp):
+            import shutil
+            shutil.rmtree(dirs.tmp, ignore_errors=True)
+        if dirs.named is not None:
+            from runner.containers import mark_exited
+            mark_exited(Path(dirs.named), status)
+
+
+class _Forwarder:
+    """Signals that reach the runner go to PID 1 (queued until its pid is known)."""
+
+    def __init__(self) -> None:
+        self.target: int | None = None
+        self.pending: list[int] = []
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.target is None:
+            self.pending.append(signum)
+            return
+        try:
+            os.kill(self.target, signum)
+        except ProcessLookupError:
+            pass
+
+    def set_target(self, pid: int) -> None:
+        self.target = pid
+        for signum in self.pending:
+            self(signum, None)
+        self.pending.clear()
+
+
+def _launch(launch: namespace.Launch, mapping: userns.Mapping) -> int:
+    report_r, report_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pty_parent = pty_child = None
+    if launch.tty:
+        import socket
+        pty_parent, pty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    channels = namespace.Channels(report_w, go_r, None if pty_child is None
+                                  else pty_child.detach())
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r)
+        os.close(go_w)
+        if pty_parent is not None:
+            os.close(pty_parent.detach())
+        namespace.keeper(launch, channels)  # never returns
+    os.close(report_w)
+    os.close(go_r)
+    if channels.pty is not None:
+        os.close(channels.pty)
+    forward = _Forwarder()
+    wanted = _FORWARDED if not launch.tty else _FORWARDED[:-1]
+    previous = {s: signal.signal(s, forward) for s in wanted}
+    try:
+        error = _serve(report_r, go_w, pid, mapping, forward)
+        if pty_parent is not None and error is None:
+            _relay(pty_parent)
+        status = _wait(pid)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pty_parent is not None:
+            pty_parent.close()
+    if error is not None:
+        raise RunError(error[1], exit_code=error[0])
+    return status
+
+
+def _serve(report_r: int, go_w: int, pid: int, mapping: userns.Mapping,
+           forward: _Forwarder) -> tuple[int, str] | None:
+    """Answer the children until the report pipe closes (PID 1 exec'd, or they failed)."""
+    error = None
+    with os.fdopen(report_r, "rb") as report:
+        for raw in report:
+            verb, _, rest = raw.decode(errors="replace").rstrip("\n").partition(" ")
+            if verb == "map":
+                try:
+                    userns.write_parent_map(mapping, pid)
+                    os.write(go_w, b"1")
+                except (OSError, RunError) as e:
+                    os.write(go_w, b"0")
+                    error = (125, f"cannot write the user namespace maps: {e}")
+            elif verb == "pid":
+                forward.set_target(int(rest))
+            elif verb == "warn":
+                import logging
+                logging.getLogger("runner").warning("%s", rest)
+            elif verb == "err" and error is None:
+                code, _, message = rest.partition(" ")
+                error = (int(code), message)
+    os.close(go_w)
+    return error
+
+
+def _relay(sock: object) -> None:
+    import socket
+    from runner.tty import relay
+    assert isinstance(sock, socket.socket)
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    except OSError:
+        return
+    if not fds:
+        return
+    try:
+        relay(fds[0])
+    finally:
+        os.close(fds[0])
+
+
+def _wait(pid: int) -> int:
+    from runner.init import exit_code
+    while True:
+        waited, status = os.waitpid(pid, 0)
+        if waited == pid:
+            return exit_code(status)
