@@ -306,6 +306,13 @@ def test_cred_helpers_beat_creds_store_and_match_aliases(config: Path, helper: P
     assert calls(helper) == [["get", "r.example:5000"]]
 
 
+def test_empty_cred_helper_opts_a_host_out_of_creds_store(config: Path, helper: Path) -> None:
+    write(config, {"credsStore": "test", "credHelpers": {"r.example": ""},
+                   "auths": {"r.example": {"auth": b64("file:pw")}}})
+    assert lookup("r.example", config_path=config) == Credentials("file", "pw")
+    assert calls(helper) == []
+
+
 def test_missing_helper_binary_is_a_clear_error(config: Path, helper: Path) -> None:
     write(config, {"credsStore": "nosuchhelper"})
     with pytest.raises(UsageError, match="docker-credential-nosuchhelper not found on PATH"):

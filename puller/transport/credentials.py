@@ -187,8 +187,8 @@ def _replace(target: Path, data: bytes) -> None:
 def _helper_for(config: dict[str, Any], host: str, path: Path) -> str | None:
     """``credHelpers[host]`` if set, else ``credsStore``, else None (use ``auths``)."""
     for key, name in _section(config, "credHelpers", path).items():
-        if _hostname(key) == host:
-            return _checked_helper(name, f'credHelpers["{key}"]', path)
+        if _hostname(key) == host:  # "" opts this host out of credsStore, as in docker/cli
+            return _checked_helper(name, f'credHelpers["{key}"]', path) if name else None
     name = config.get("credsStore")
     return _checked_helper(name, "credsStore", path) if name else None
 
