@@ -58,6 +58,16 @@ def test_stop_ends_the_process(registry_factory):
         requests.get(reg.url + "/v2/", timeout=5)
 
 
+def test_hits_list_exactly_the_requests_since_a_mark(registry):
+    mark = registry.mark()
+    requests.head(f"{registry.url}/v2/library/alpine/manifests/3.10",
+                  headers={"Accept": ACCEPT}, timeout=10)
+    get_manifest(registry, "library/nope", "1")
+    assert [(h.method, h.path, h.status) for h in registry.hits(since=mark)] == [
+        ("HEAD", "/v2/library/alpine/manifests/3.10", 200),
+        ("GET", "/v2/library/nope/manifests/1", 404)]
+
+
 # --- bearer tokens -------------------------------------------------------------------
 
 def test_token_registry_challenges_like_docker_hub(token_registry, token_server):
@@ -195,11 +205,14 @@ def test_registry_serves_every_catalog_image(registry):
         assert r.headers["Content-Type"] == image.media_type
 
 
-def test_mirror_serves_from_upstream(mirror):
+def test_mirror_serves_from_upstream(mirror, registry):
     index = mirror.images["library/alpine:3.10"]
+    mark = registry.mark()
     r = get_manifest(mirror, "library/alpine", "3.10")
     assert r.status_code == 200
     assert r.content == index.manifest
+    asked = {(h.method, h.path) for h in registry.hits(since=mark)}
+    assert ("HEAD", "/v2/library/alpine/manifests/3.10") in asked  # the tag is resolved upstream
 
 
 def _wait_until(predicate, what: str, timeout: float = 10.0) -> None:
