@@ -8,6 +8,12 @@ Session-scoped (started once, stopped by pid at the end of the session, also on 
 - ``token_registry``: bearer tokens from the token server, ``catalog(private=True)`` pushed.
 - ``mirror``: a pull-through cache (``proxy.remoteurl``) in front of ``registry``.
 
+Each is a ``fixtures.registry.RegistryProcess``: ``.url`` (``http://127.0.0.1:PORT``),
+``.host``, ``.images`` (``"repo:tag"`` -> Image/Index, see ``fixtures.catalog``), ``.users``,
+``.pid``, ``.log_path``, ``.hits(since=reg.mark())`` (requests served, from the access
+log) and ``.has_blob(digest)``. Session registries are shared: never push to or delete
+from them; use ``registry_factory`` for that.
+
 Function-scoped:
 
 - ``token_server``: the token server behind ``token_registry``, reset for each test
