@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from fixtures.catalog import MULTI_EXPECTED, catalog
+from fixtures.catalog import MULTI_EXPECTED, _build, catalog
 from fixtures.images import DOCKER_LIST, OCI_INDEX, OCI_MANIFEST, sha256, write_oci_layout
 from fixtures.push import Pusher, parse_challenge
 from fixtures.registry import Proxy, RegistryProcess, RegistryStartError, TokenAuth
@@ -304,3 +304,28 @@ def test_secret_is_only_on_auth_registries(registry, basic_registry):
     assert "private/secret:1" not in registry.images
     assert get_manifest(registry, "private/secret", "1").status_code == 404
     assert "private/secret:1" in basic_registry.images
+
+
+# --- the catalog ---------------------------------------------------------------------
+
+def test_catalog_is_deterministic():
+    first = {ref: img.digest for ref, img in catalog(private=True).items()}
+    _build.cache_clear()
+    assert {ref: img.digest for ref, img in catalog(private=True).items()} == first
+
+
+def test_catalog_shapes():
+    cat = catalog()
+    platforms = [c.platform for c in cat["library/busybox:latest"].children]
+    assert platforms == [{"architecture": "amd64", "os": "linux"},
+                         {"architecture": "arm64", "os": "linux", "variant": "v8"},
+                         {"architecture": "arm", "os": "linux", "variant": "v7"},
+                         {"architecture": "unknown", "os": "unknown"}]
+    a, b = cat["library/shared-a:1"], cat["library/shared-b:1"]
+    assert a.layer_digests[0] == b.layer_digests[0] and a.layer_digests[1] != b.layer_digests[1]
+    v310, v311 = cat["library/alpine:3.10"], cat["library/alpine:3.11"]
+    assert v311.children[0].layer_digests[0] == v310.children[0].layer_digests[0]
+    layers = json.loads(cat["library/mixed:1"].manifest)["layers"]
+    assert [m["mediaType"].rpartition(".")[2] for m in layers] == ["tar+gzip", "tar+zstd", "tar"]
+    config = json.loads(cat["library/config:1"].config)["config"]
+    assert {"Entrypoint", "Cmd", "Env", "WorkingDir", "User"} <= set(config)
