@@ -22,6 +22,7 @@ from pathlib import Path
 from puller.errors import RunError, UsageError
 from runner import namespace, steps, userns
 from runner.cgroups import Limits
+from runner.init import Forwarder
 
 __all__ = ["RunSpec", "Volume", "run", "NETWORKS"]
 
@@ -193,29 +194,6 @@ def run(spec: RunSpec) -> int:
             mark_exited(Path(dirs.named), status)
 
 
-class _Forwarder:
-    """Signals that reach the runner go to PID 1 (queued until its pid is known)."""
-
-    def __init__(self) -> None:
-        self.target: int | None = None
-        self.pending: list[int] = []
-
-    def __call__(self, signum: int, _frame: object) -> None:
-        if self.target is None:
-            self.pending.append(signum)
-            return
-        try:
-            os.kill(self.target, signum)
-        except ProcessLookupError:
-            pass
-
-    def set_target(self, pid: int) -> None:
-        self.target = pid
-        for signum in self.pending:
-            self(signum, None)
-        self.pending.clear()
-
-
 def _launch(launch: namespace.Launch, mapping: userns.Mapping) -> int:
     report_r, report_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -236,9 +214,8 @@ def _launch(launch: namespace.Launch, mapping: userns.Mapping) -> int:
     os.close(go_r)
     if channels.pty is not None:
         os.close(channels.pty)
-    forward = _Forwarder()
-    wanted = _FORWARDED if not launch.tty else _FORWARDED[:-1]
-    previous = {s: signal.signal(s, forward) for s in wanted}
+    forward = Forwarder()
+    previous = forward.install(_FORWARDED if not launch.tty else _FORWARDED[:-1])
     try:
         error = _serve(report_r, go_w, pid, mapping, forward)
         if pty_parent is not None and error is None:
@@ -246,7 +223,7 @@ def _launch(launch: namespace.Launch, mapping: userns.Mapping) -> int:
         status = _wait(pid)
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, handler)  # type: ignore[arg-type]
         if pty_parent is not None:
             pty_parent.close()
     if error is not None:
@@ -255,7 +232,7 @@ def _launch(launch: namespace.Launch, mapping: userns.Mapping) -> int:
 
 
 def _serve(report_r: int, go_w: int, pid: int, mapping: userns.Mapping,
-           forward: _Forwarder) -> tuple[int, str] | None:
+           forward: Forwarder) -> tuple[int, str] | None:
     """Answer the children until the report pipe closes (PID 1 exec'd, or they failed)."""
     error = None
     with os.fdopen(report_r, "rb") as report:

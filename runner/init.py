@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["FORWARDED", "exit_code", "reap"]
+__all__ = ["FORWARDED", "Forwarder", "exit_code", "reap"]
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGCONT)
@@ -23,20 +23,41 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def reap(child: int) -> int:
-    """Forward signals to ``child`` and reap everything until ``child`` exits.
+class Forwarder:
+    """A signal handler that sends what it gets to ``target``, queueing until it is set
+    (so a signal that arrives before the child exists is not lost)."""
 
-    The handlers run between ``waitpid`` calls (PEP 475 retries the interrupted wait), so
-    a signal is forwarded as soon as it arrives.
-    """
-    def forward(signum: int, _frame: object) -> None:
+    def __init__(self) -> None:
+        self.target: int | None = None
+        self.pending: list[int] = []
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.target is None:
+            self.pending.append(signum)
+            return
         try:
-            os.kill(child, signum)
+            os.kill(self.target, signum)
         except ProcessLookupError:
             pass
 
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
+    def install(self, signals: tuple[int, ...]) -> dict[int, object]:
+        """Handle ``signals``; return the previous handlers."""
+        return {s: signal.signal(s, self) for s in signals}
+
+    def set_target(self, pid: int) -> None:
+        self.target = pid
+        pending, self.pending = self.pending, []
+        for signum in pending:
+            self(signum, None)
+
+
+def reap(child: int, forward: Forwarder) -> int:
+    """Forward signals to ``child`` and reap everything until ``child`` exits.
+
+    ``forward`` was installed before ``child`` was forked; the handlers run between
+    ``waitpid`` calls (PEP 475 retries the interrupted wait).
+    """
+    forward.set_target(child)
     while True:
         try:
             pid, status = os.waitpid(-1, 0)

@@ -25,7 +25,7 @@ from runner import libc, steps
 from runner.process import Identity, lookup_user
 from runner.userns import Mapping, write_self_map
 
-__all__ = ["Launch", "Channels", "keeper", "DEFAULT_CAPS"]
+__all__ = ["Launch", "Channels", "keeper", "build_plan", "DEFAULT_CAPS"]
 
 # Docker's default capability set (moby oci/caps/defaults.go), by number.
 DEFAULT_CAPS = (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31)
@@ -172,11 +172,14 @@ def _container(launch: Launch, ch: Channels) -> None:
     if launch.sidecar and launch.mapping.kind == "wide":
         from runner.sidecar import apply_sidecar
         apply_sidecar(root_fd, launch.sidecar)
+    if launch.net_none:
+        _loopback_up()
+    if launch.tty:
+        # After pivot_root the host's Python library is gone: import what the pty needs now.
+        import array, fcntl, socket  # noqa: E401, F401
     _pivot(root_fd, ch)
     # Our own hostname, in our own UTS namespace.
     libc.sethostname(launch.hostname)
-    if launch.net_none:
-        _loopback_up()
     # The pty is allocated inside, on the container's own devpts; the master goes out.
     slave = _open_pty(ch) if launch.tty else None
     ident = _identity(launch)
@@ -186,14 +189,17 @@ def _container(launch: Launch, ch: Channels) -> None:
     _drop_bounding_caps()
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
     if launch.init:
+        # The reaper's handlers go in before the fork, so no early signal is lost.
+        from runner.init import FORWARDED, Forwarder, reap
+        forward = Forwarder()
+        forward.install(FORWARDED)
         child = os.fork()
         if child == 0:
             _exec(launch, ch, ident, env, slave)
         if slave is not None:
             os.close(slave)
         os.close(ch.report)
-        from runner.init import reap
-        os._exit(reap(child))
+        os._exit(reap(child, forward))
     _exec(launch, ch, ident, env, slave)
 
 
