@@ -4,12 +4,12 @@ Three processes (``run`` in :mod:`runner.container` is the first):
 
 1. the **runner** stays in the host's namespaces: it owns the cgroup, the tty relay and
    signal forwarding, and writes the user-namespace maps when that needs privilege;
-2. the **keeper** (:func:`keeper`) joins the cgroup, unshares the user, pid, uts, ipc,
-   cgroup (and net) namespaces, forks PID 1, and when PID 1 is gone removes the container's
+2. the **keeper** (:func:`keeper`) unshares the user, pid, uts, ipc (and net)
+   namespaces, forks PID 1, and when PID 1 is gone removes the container's
    throw-away directories *from inside the user namespace* (files owned by mapped sub-ids
    cannot be removed from outside);
-3. **PID 1** (:func:`container_init`) unshares its own mount namespace (so pivot_root moves
-   nobody else), applies the mount plan of :mod:`runner.steps`, pivots, and execs the
+3. **PID 1** (:func:`container_init`) joins the cgroup, unshares its own mount and cgroup
+   namespaces (so pivot_root moves nobody else), applies the mount plan of :mod:`runner.steps`, pivots, and execs the
    command, or with ``--init`` forks it and becomes the reaper of :mod:`runner.init`.
 
 Errors travel to the runner as one line ``err CODE MESSAGE`` on the report pipe
@@ -108,14 +108,10 @@ def keeper(launch: Launch, ch: Channels) -> None:
 def _keeper(launch: Launch, ch: Channels) -> int:
     # Die with the runner, so nothing outlives `pull-and-run`.
     _die_with_parent()
-    # Join the container's cgroup before anything else is forked: every descendant is in it.
-    for path in launch.cgroup_paths:
-        with open(f"{path}/cgroup.procs", "w") as f:
-            f.write("0")
-    # New user namespace plus all the others at once: they are then owned by the new
-    # user namespace, where we hold every capability. PID applies to our next fork.
+    # New user namespace plus the others at once: they are then owned by the new user
+    # namespace, where we hold every capability. PID applies to our next fork.
     flags = (libc.CLONE_NEWUSER | libc.CLONE_NEWPID | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
-             | libc.CLONE_NEWCGROUP | (libc.CLONE_NEWNET if launch.net_none else 0))
+             | (libc.CLONE_NEWNET if launch.net_none else 0))
     libc.unshare(flags)
     # Map ids: our own map when unprivileged with a single id, else the runner writes it.
     if launch.mapping.by_parent:
@@ -164,8 +160,14 @@ def container_init(launch: Launch, ch: Channels) -> None:
 def _container(launch: Launch, ch: Channels) -> None:
     # If the keeper dies, PID 1 dies, and the kernel kills the whole PID namespace.
     _die_with_parent()
-    # Our own mount namespace: pivot_root then moves only us, not the keeper.
-    libc.unshare(libc.CLONE_NEWNS)
+    # Join the container's cgroup first: every process of the container descends from us
+    # (the keeper stays out, so limits count only the container's own processes).
+    for path in launch.cgroup_paths:
+        with open(f"{path}/cgroup.procs", "w") as f:
+            f.write("0")
+    # Our own mount namespace (pivot_root then moves only us, not the keeper) and cgroup
+    # namespace (rooted at the cgroup just joined: /proc/self/cgroup shows "/").
+    libc.unshare(libc.CLONE_NEWNS | libc.CLONE_NEWCGROUP)
     # The mount plan: rprivate, root, /proc, /sys, /dev..., each step says why.
     root_fd = steps.apply(launch.plan, launch.merged, warn=lambda text: _say(ch, f"warn {text}"))
     # Ownership the unpacker could not set (rootless), now that ids beyond 0 are mapped.
