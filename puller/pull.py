@@ -30,7 +30,7 @@ log = logging.getLogger("puller.pull")
 
 __all__ = ["pull", "PullResult"]
 
-_CHUNK = 1 << 20
+_CHUNK = 256 * 1024  # small enough that a broken connection loses little
 
 
 @dataclass(frozen=True, slots=True)

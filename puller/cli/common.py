@@ -29,17 +29,19 @@ JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, max=64, help="Paral
 ProgressOpt = Annotated[str, typer.Option("--progress", help="auto (bars on a terminal), plain (periodic lines, for CI logs), tty or quiet.")]
 RetriesOpt = Annotated[int, typer.Option("--retries", min=0, max=100, help="Extra attempts after a network failure, 5xx or 429.")]
 RetryDelayOpt = Annotated[float, typer.Option("--retry-delay", min=0.0, help="First backoff delay in seconds (doubles each retry, with jitter).")]
+StallOpt = Annotated[float, typer.Option("--stall-timeout", min=0.1, help="Seconds without a byte before a transfer counts as stalled and is retried.")]
 
 
 def offline_default(flag: bool) -> bool:
     return flag or os.environ.get("PULLER_OFFLINE", "") not in ("", "0", "false", "no")
 
 
-def registry_options(mirrors=None, insecure=None, retries: int = 4, retry_delay: float = 0.5):
+def registry_options(mirrors=None, insecure=None, retries: int = 4, retry_delay: float = 0.5,
+                     stall: float = 30.0):
     from ..registry import RegistryOptions
     from ..transport.transport import RetryPolicy
     return RegistryOptions.build(mirrors=tuple(mirrors or ()), insecure=tuple(insecure or ()),
-                                 retry=RetryPolicy(retries=retries, delay=retry_delay))
+                                 retry=RetryPolicy(retries=retries, delay=retry_delay, stall=stall))
 
 
 def progress_for(quiet: bool, mode: str = "auto", verbose: bool = False) -> Progress:

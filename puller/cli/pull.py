@@ -6,7 +6,7 @@ import sys
 import typer
 
 from .common import (CacheOpt, InsecureOpt, JobsOpt, JsonOpt, MirrorOpt, OfflineOpt, PlatformOpt,
-                     ProgressOpt, QuietOpt, RetriesOpt, RetryDelayOpt, VerboseOpt, handle_errors,
+                     ProgressOpt, QuietOpt, RetriesOpt, RetryDelayOpt, StallOpt, VerboseOpt, handle_errors,
                      offline_default, progress_for, registry_options)
 from .output import emit_json
 
@@ -21,7 +21,7 @@ def pull_cmd(image: str = typer.Argument(..., metavar="IMAGE", help="e.g. alpine
              quiet: QuietOpt = False, verbose: VerboseOpt = False, offline: OfflineOpt = False,
              jobs: JobsOpt = 4, progress: ProgressOpt = "auto", registry_mirror: MirrorOpt = None,
              insecure_registry: InsecureOpt = None, retries: RetriesOpt = 4,
-             retry_delay: RetryDelayOpt = 0.5) -> int:
+             retry_delay: RetryDelayOpt = 0.5, stall_timeout: StallOpt = 30.0) -> int:
     from ..platform import parse_platform
     from ..pull import pull
     from ..reference import parse
@@ -30,7 +30,7 @@ def pull_cmd(image: str = typer.Argument(..., metavar="IMAGE", help="e.g. alpine
     prog = progress_for(quiet, progress, verbose)
     try:
         result = pull(ref, store=Store(cache), platform=parse_platform(platform),
-                      options=None if offline_default(offline) else registry_options(registry_mirror, insecure_registry, retries, retry_delay),
+                      options=None if offline_default(offline) else registry_options(registry_mirror, insecure_registry, retries, retry_delay, stall_timeout),
                       jobs=jobs, offline=offline_default(offline), progress=prog)
     finally:
         prog.close()
