@@ -346,7 +346,7 @@ def test_server_ignoring_range_means_a_full_download(tmp_path):
             h.send_response(200)
             h.send_header("Content-Length", str(len(data)))
             h.end_headers()
-            h.wfile.write(data if len(calls) > 1 else data[:100])
+            h.wfile.write(data if len(calls) > 1 else data[:1024 * 1024])
             h.close_connection = True
         serve_image(srv, blob_handler=no_range)
         assert do_pull(srv, tmp_path / "c").digest == IMG.digest
