@@ -1,0 +1,190 @@
+"""prune, du and verify on real caches pulled from the registry fixture."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures import cli
+from puller.housekeeping import TMP_GRACE, du, prune, reachable, verify
+from puller.image import lookup_ref, resolve
+from puller.platform import Platform
+from puller.pull import pull
+from puller.reference import parse as parse_ref
+from puller.registry import RegistryOptions
+from puller.store import Store
+
+AMD64 = Platform("linux", "amd64")
+OPTS = RegistryOptions.build(config={})
+
+
+def _pull(ref: str, cache: Path):
+    return pull(parse_ref(ref), store=Store(cache), platform=AMD64, options=OPTS)
+
+
+def _image(store: Store, ref: str):
+    entry = lookup_ref(store, parse_ref(ref))
+    return resolve(store, entry, AMD64) if entry else None
+
+
+def _blobs_on_disk(store: Store) -> set[str]:
+    return set(store.iter_blobs())
+
+
+def _fake_rootfs(store: Store, hexd: str) -> Path:
+    """An unpacked rootfs as a rootless unpack leaves it: a 0000 file inside a 0555 dir."""
+    root = store.rootfs_dir / hexd
+    (root / "ro").mkdir(parents=True)
+    (root / "ro" / "secret").write_text("x")
+    os.chmod(root / "ro" / "secret", 0)
+    os.chmod(root / "ro", 0o555)
+    (store.rootfs_dir / f"{hexd}.ready").write_text(f"sha256:{hexd}\n")
+    (store.root / "rootless").mkdir(exist_ok=True)
+    (store.root / "rootless" / f"{hexd}.json").write_text("{}")
+    return root
+
+
+@pytest.fixture
+def two_images(registry, cache_dir):
+    """shared-a and shared-b (sharing their first layer) pulled, then shared-b untagged."""
+    a, b = f"{registry.host}/library/shared-a:1", f"{registry.host}/library/shared-b:1"
+    _pull(a, cache_dir)
+    _pull(b, cache_dir)
+    store = Store(cache_dir)
+    img_b = _image(store, b)
+    assert store.remove_ref(str(parse_ref(b)))
+    return store, a, registry.images["library/shared-a:1"], registry.images["library/shared-b:1"], img_b
+
+
+def test_prune_removes_only_what_nothing_reaches(two_images):
+    store, a, image_a, image_b, img_b = two_images
+    kept_rootfs = _fake_rootfs(store, _image(store, a).local_digest.split(":")[1])
+    gone_rootfs = _fake_rootfs(store, img_b.local_digest.split(":")[1])
+    partial = store.partial_path("sha256:" + "1" * 64)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"half")
+    old_tmp, new_tmp = store.tmp_dir / "old.leftover", store.tmp_dir / "fresh.write"
+    old_tmp.write_bytes(b"x")
+    new_tmp.write_bytes(b"y")
+    os.utime(old_tmp, (time.time() - TMP_GRACE - 10,) * 2)
+    store.set_meta(image_b.layer_digests[1], uncompressed=1)
+    store.set_meta(image_a.layer_digests[1], uncompressed=1)
+
+    before = _blobs_on_disk(store)
+    preview = prune(store, dry_run=True)
+    assert _blobs_on_disk(store) == before and gone_rootfs.is_dir() and partial.exists()
+    only_b = {image_b.layer_digests[1], image_b.digest, img_b.local_digest,
+              img_b.manifest.config.digest}
+    assert {p.path for p in preview.removed if p.kind == "blob"} == {str(store.blob_path(d)) for d in only_b}
+
+    report = prune(store)
+    assert sorted(r.path for r in report.removed) == sorted(r.path for r in preview.removed)
+    assert _blobs_on_disk(store) == before - only_b
+    assert image_b.layer_digests[0] in _blobs_on_disk(store)  # shared with shared-a
+    assert not gone_rootfs.exists() and not (store.rootfs_dir / f"{gone_rootfs.name}.ready").exists()
+    assert not (store.root / "rootless" / f"{gone_rootfs.name}.json").exists()
+    assert kept_rootfs.is_dir() and not partial.exists()
+    assert not old_tmp.exists() and new_tmp.exists()
+    assert not store.meta_path(image_b.layer_digests[1]).exists()
+    assert store.meta_path(image_a.layer_digests[1]).exists()
+    assert _image(store, a) is not None
+    assert prune(store).removed == ()  # nothing left to do
+
+
+def test_kept_container_pins_its_image(two_images):
+    store, _a, _image_a, image_b, img_b = two_images
+    box = store.containers_dir / "box"
+    box.mkdir(parents=True)
+    (box / "container.json").write_text(json.dumps({"name": "box", "image": "gone:1"}))
+    (box / "image").write_text(img_b.local_digest + "\n")
+    rootfs = _fake_rootfs(store, img_b.local_digest.split(":")[1])
+    before = _blobs_on_disk(store)
+    report = prune(store)
+    # the pin is the local manifest: it keeps what a run needs, and only the registry's own
+    # Docker manifest (which the OCI twin does not name) goes
+    assert [r.path for r in report.removed] == [str(store.blob_path(image_b.digest))]
+    assert rootfs.is_dir()
+    assert _blobs_on_disk(store) == before - {image_b.digest}
+    assert {image_b.layer_digests[1], img_b.local_digest, img_b.manifest.config.digest} <= before
+    (box / "image").unlink()
+    assert prune(store).count("blob") == 3 and not rootfs.exists()
+
+
+def test_du_numbers_add_up(two_images, registry):
+    store, a = two_images[0], two_images[1]
+    _pull(f"{registry.host}/library/shared-b:1", store.root)
+    _fake_rootfs(store, "2" * 64)
+    usage = du(store)
+    sizes = {d: store.blob_path(d).stat().st_size for d in store.iter_blobs()}
+    assert usage.blobs == sum(sizes.values()) and usage.blob_count == len(sizes)
+    assert usage.blobs == sum(i.exclusive for i in usage.images) + usage.shared + usage.unreferenced
+    shared_layer = two_images[2].layer_digests[0]
+    assert usage.shared == sizes[shared_layer]
+    assert usage.unreferenced == 0 and usage.rootfs == len("x") + len(f"sha256:{'2' * 64}\n")
+    assert {r for i in usage.images for r in i.refs} == {str(parse_ref(a)),
+                                                         f"{registry.host}/library/shared-b:1"}
+    out = cli.run("du", "--json", "--cache", str(store.root))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["total"] == usage.total
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_verify_names_a_corrupt_blob_and_repair_fetches_it(registry, cache_dir):
+    ref = f"{registry.host}/library/alpine:3.10"
+    _pull(ref, cache_dir)
+    store = Store(cache_dir)
+    layer = _image(store, ref).manifest.layers[0].digest
+    twin = _image(store, ref).local_digest
+    assert cli.run("verify", "--cache", str(cache_dir)).returncode == 0
+    _flip_byte(store.blob_path(layer))
+    _flip_byte(store.blob_path(twin))
+    orphan = store.put_bytes(b"nobody uses me")
+    _flip_byte(store.blob_path(orphan))
+
+    out = cli.run("verify", "--cache", str(cache_dir))
+    assert out.returncode == 1
+    assert {line.split()[1].rstrip(":") for line in out.stdout.splitlines()} == {layer, twin, orphan}
+
+    out = cli.run("verify", "--repair", "--json", "--cache", str(cache_dir))
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1  # the orphan cannot be repaired
+    state = {b["digest"]: b["repaired"] for b in doc["bad"]}
+    assert state == {layer: True, twin: True, orphan: False}
+    prune(store)
+    assert verify(store).ok and verify(store).bad == ()
+    assert cli.run("verify", "--cache", str(cache_dir)).returncode == 0
+
+
+def test_pulls_racing_prunes_leave_a_sound_cache(registry, cache_dir):
+    refs = [f"{registry.host}/library/{n}" for n in
+            ("alpine:3.10", "alpine:3.11", "shared-a:1", "shared-b:1", "busybox:latest",
+             "busybox:multi", "config:1", "alpine:3.10")]
+    # something unreachable for the prunes to chew on while the pulls run
+    _pull(f"{registry.host}/library/mixed:1", cache_dir)
+    Store(cache_dir).remove_ref(f"{registry.host}/library/mixed:1")
+    procs = [subprocess.Popen([str(cli.BIN / "puller"), "pull", "-q", "--platform", "linux/amd64",
+                               "--cache", str(cache_dir), r], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in refs]
+    procs[4:4] = [subprocess.Popen([str(cli.BIN / "puller"), "prune", "-q", "--cache", str(cache_dir)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for _ in range(3)]
+    for p in procs:
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    store = Store(cache_dir)
+    for r in refs:
+        assert _image(store, r) is not None, r
+    prune(store)
+    report = verify(store)
+    assert report.ok and report.checked == len(reachable(store).blobs.keys() & set(store.iter_blobs()))
+    assert cli.run("verify", "--cache", str(cache_dir)).returncode == 0
