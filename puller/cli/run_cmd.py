@@ -1,0 +1,36 @@
+"""``puller run`` (the same as ``pull-and-run``), ``ps`` and ``rm`` in the command group.
+
+``puller run`` is normally dispatched by ``entry.py`` before typer is even imported; this
+registration is what makes it appear in ``puller --help`` and work when called through the
+group (e.g. ``python -m puller run``)."""
+from __future__ import annotations
+
+import typer
+
+from .common import CacheOpt
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run", help="Run a command in a new container (pulls the image first if needed). "
+                            "See 'puller run --help'.", add_help_option=False,
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                  "allow_interspersed_args": False})(run_cmd)
+    app.command("ps", help="List kept containers (started with --name).")(ps_cmd)
+    app.command("rm", help="Remove kept containers.")(rm_cmd)
+
+
+def run_cmd(ctx: typer.Context) -> None:
+    from .run import main
+    raise typer.Exit(main(list(ctx.args)))
+
+
+def ps_cmd(cache: CacheOpt = None,
+           quiet: bool = typer.Option(False, "-q", "--quiet", help="Only show names.")) -> None:
+    from .run import ps_main
+    raise typer.Exit(ps_main(str(cache) if cache else None, quiet=quiet))
+
+
+def rm_cmd(names: list[str] = typer.Argument(..., metavar="NAME..."), cache: CacheOpt = None,
+           force: bool = typer.Option(False, "-f", "--force", help="Also remove a running container.")) -> None:
+    from .run import rm_main
+    raise typer.Exit(rm_main(names, str(cache) if cache else None, force=force))
