@@ -45,11 +45,16 @@ def load_config(path: str | os.PathLike | None = None) -> dict:
     Keys (all optional): ``registry-mirrors`` (list of URLs, for docker.io, as Docker's
     daemon.json), ``mirrors`` ({registry: [URLs]}), ``insecure-registries`` (list).
     """
-    p = Path(path or os.environ.get("PULLER_CONFIG") or
-             Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "puller" / "config.json")
+    explicit = path or os.environ.get("PULLER_CONFIG")
+    p = Path(explicit or Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "puller" / "config.json")
     try:
         doc = json.loads(p.read_text())
     except FileNotFoundError:
+        return {}
+    except PermissionError:
+        if explicit:
+            raise UsageError(f"cannot read config file {p}: permission denied") from None
+        log.warning("ignoring unreadable config file %s", p)  # e.g. another user's HOME
         return {}
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read config file {p}: {e}") from None
