@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import urljoin
 
 from .errors import CacheError, NotCached, PullerError, RegistryError, UsageError
-from .manifest import INDEX_TYPES, Descriptor, Index, Manifest, digest_of, parse
+from .manifest import Descriptor, Index, Manifest, digest_of, parse
 from .store import RefEntry, Store
 
 log = logging.getLogger("puller.push")
 
-__all__ = ["push", "PushResult", "Uploader", "CHUNKED_OVER", "CHUNK_SIZE"]
+__all__ = ["CHUNKED_OVER", "CHUNK_SIZE", "PushResult", "Uploader", "push"]
 
 CHUNKED_OVER = 64 * 1024 * 1024   # blobs larger than this go up in PATCH chunks
 CHUNK_SIZE = 16 * 1024 * 1024
@@ -86,6 +86,16 @@ class Uploader:
         self.scope = f"repository:{repo}:pull,push"
         self.what = what or f"{transport.host}/{repo}"
 
+    def _fail(self, resp, what: str) -> None:
+        """Raise for an error answer; a refusal names push access, not a missing image."""
+        if resp.status_code in (401, 403):
+            from .errors import AuthError
+            resp.close()
+            raise AuthError(f"{what}: push access denied (log in with 'puller login "
+                            f"{self.t.host}', and check your rights on {self.repo})",
+                            status=resp.status_code)
+        self.t.raise_for(resp, what)
+
     def _url(self, location: str) -> str:
         return urljoin(self.t.base + "/", location)
 
@@ -97,8 +107,8 @@ class Uploader:
         if resp.status_code == 404:
             resp.close()
             return False
-        self.t.raise_for(resp, f"blob {digest} of {self.what}")
-        return False  # pragma: no cover - raise_for raises
+        self._fail(resp, f"blob {digest} of {self.what}")
+        return False  # pragma: no cover - _fail raises
 
     def mount(self, digest: str, source_repo: str) -> tuple[bool, str | None]:
         """Ask the registry to link ``digest`` from ``source_repo``: (mounted, upload URL).
@@ -112,13 +122,13 @@ class Uploader:
         if resp.status_code == 202 and resp.headers.get("Location"):
             resp.close()
             return False, self._url(resp.headers["Location"])
-        self.t.raise_for(resp, f"mount of {digest} into {self.what}")
+        self._fail(resp, f"mount of {digest} into {self.what}")
         return False, None  # pragma: no cover
 
     def start(self) -> str:
         resp = self.t.request("POST", f"/v2/{self.repo}/blobs/uploads/", scope=self.scope)
         if resp.status_code != 202 or not resp.headers.get("Location"):
-            self.t.raise_for(resp, f"upload to {self.what}")
+            self._fail(resp, f"upload to {self.what}")
         resp.close()
         return self._url(resp.headers["Location"])
 
@@ -147,7 +157,7 @@ class Uploader:
                                        "Content-Length": str(d.size)},
                               data=_Body(f, d.size), retry=False)
         if resp.status_code not in (201, 204):
-            self.t.raise_for(resp, f"upload of {d.digest} to {self.what}")
+            self._fail(resp, f"upload of {d.digest} to {self.what}")
         resp.close()
 
     def _chunked(self, loc: str, f, d: Descriptor, chunk_size: int, emit: Emit) -> None:
@@ -161,7 +171,7 @@ class Uploader:
                                            "Content-Length": str(len(data)),
                                            "Content-Range": f"{offset}-{offset + len(data) - 1}"})
             if resp.status_code != 202 or not resp.headers.get("Location"):
-                self.t.raise_for(resp, f"chunk of {d.digest} to {self.what}")
+                self._fail(resp, f"chunk of {d.digest} to {self.what}")
             resp.close()
             loc = self._url(resp.headers["Location"])
             offset += len(data)
@@ -171,14 +181,14 @@ class Uploader:
         resp = self.t.request("PUT", f"{loc}{sep}digest={d.digest}", scope=self.scope,
                               headers={"Content-Length": "0"}, data=b"", retry=False)
         if resp.status_code not in (201, 204):
-            self.t.raise_for(resp, f"upload of {d.digest} to {self.what}")
+            self._fail(resp, f"upload of {d.digest} to {self.what}")
         resp.close()
 
     def put_manifest(self, ident: str, raw: bytes, media_type: str) -> None:
         resp = self.t.request("PUT", f"/v2/{self.repo}/manifests/{ident}", scope=self.scope,
                               headers={"Content-Type": media_type}, data=raw)
         if resp.status_code not in (200, 201, 202):
-            self.t.raise_for(resp, f"manifest {ident} of {self.what}")
+            self._fail(resp, f"manifest {ident} of {self.what}")
         resp.close()
 
 
@@ -326,8 +336,7 @@ def _complete_index(store: Store, entry: RefEntry, index: Index, *, offline: boo
 def _fetch_children(store: Store, entry: RefEntry, missing: list[Descriptor], options,
                     emit: Emit) -> None:
     """Fetch missing index children (manifests and blobs) from where the image came from."""
-    from .housekeeping import _Count
-    from .pull import fetch_blob
+    from .pull import _Counter, fetch_blob
     from .registry import Registry
     for registry, repo in _source_repos(store, entry):
         try:
@@ -339,7 +348,7 @@ def _fetch_children(store: Store, entry: RefEntry, missing: list[Descriptor], op
                 if isinstance(m, Manifest):
                     for d in (m.config, *m.layers):
                         if not d.urls and not store.has_blob(d.digest, d.size):
-                            fetch_blob(reg, store, repo, d, emit, _Count())
+                            fetch_blob(reg, store, repo, d, emit, _Counter())
             return
         except PullerError as e:
             log.info("cannot fetch the missing entries from %s/%s: %s", registry, repo, e)

@@ -33,7 +33,7 @@ def _push(cache: Path, src: str, dst: str | None = None, **kw):
 
 def _skopeo_inspect(ref: str, *extra: str) -> dict:
     out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", *extra, f"docker://{ref}"],
-                         capture_output=True, text=True, timeout=60)
+                         check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -129,3 +129,24 @@ def test_tag_then_push_and_chunked_upload(registry, registry_factory, cache_dir,
 def test_push_errors_are_one_line(registry, cache_dir):
     out = cli.run("push", f"{registry.host}/library/nope:1", "--offline", "--cache", str(cache_dir))
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "not in the cache" in out.stderr
+
+
+def test_push_with_bearer_tokens_mounts_across_repositories(token_registry, token_server, cache_dir):
+    opts = RegistryOptions.build(config={}, username="alice", password="wonderland")
+    src = f"{token_registry.host}/library/shared-a:1"
+    pull(parse_ref(src), store=Store(cache_dir), platform=AMD64, options=opts)
+    token_server.reset()
+    res = push(Store(cache_dir), parse_ref(src), parse_ref(f"{token_registry.host}/alice/shared-a:1"),
+               options=opts)
+    assert (res.mounted, res.uploaded) == (3, 0)
+    scopes = {s for r in token_server.requests for s in r.scopes}
+    assert "repository:alice/shared-a:pull,push" in scopes
+    assert "repository:library/shared-a:pull" in scopes
+
+
+def test_anonymous_push_is_refused_in_one_line(token_registry, registry, cache_dir):
+    src = f"{registry.host}/library/config:1"
+    _pull(src, cache_dir)
+    out = cli.run("push", src, f"{token_registry.host}/library/config:1", "--cache", str(cache_dir))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert "push access denied" in out.stderr and "puller login" in out.stderr
