@@ -1,0 +1,1060 @@
+"""Offline carry formats: docker-archive and OCI archives in and out, rootfs tars in and out.
+
+What each function writes or reads is the ecosystem's own format, so that ``docker load``,
+``podman load``, skopeo, umoci and containerd read what we write and we read what they write:
+
+* :func:`save` writes a *docker-archive* (``manifest.json`` with Config, RepoTags, Layers,
+  plus ``repositories``; layers uncompressed as ``docker save`` does, or the registry's gzip
+  blobs with ``compress=True``) or an *OCI archive* (an OCI image layout in a tar, refs as
+  ``org.opencontainers.image.ref.name``). Layers are streamed from the cache into the tar:
+  a tar header needs the size first, so a layer's uncompressed size is learnt by one
+  streaming pass the first time and kept in the cache's meta (``uncompressed_size``).
+* :func:`load` reads either format (and an OCI layout directory) in one streaming pass.
+  Every member is staged under ``tmp/`` while hashed (and, for a docker-archive's plain tar
+  layers, gzipped: the cache holds compressed blobs); nothing reaches ``blobs/`` before the
+  whole archive has been read and every digest and DiffID checked, and refs come last. A
+  corrupt or truncated archive is therefore refused with the cache as it was, and loading
+  the same archive again finds every blob and ref in place and writes nothing.
+* :func:`export` writes the merged rootfs as one tar without unpacking it: a first pass over
+  the headers of every layer works out which entries survive (whiteouts and opaque markers
+  applied, hardlinks followed to their inode), a second pass copies their data.
+* :func:`import_tar` is the reverse: a rootfs tar becomes a one-layer image.
+
+Nothing here prints: progress goes to the ``progress(event)`` callback.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Callable, Iterator, Sequence
+
+from .errors import ArchiveError, DigestMismatch, LayerError, PullerError
+from .image import CachedImage
+from .layer.reader import LayerEntry, LayerReader, Limits
+from .layer.reader import _Decoded  # the reader's streaming decompressor (gzip, zstd, none)
+from .manifest import (OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, REGISTRY_DIGEST, REGISTRY_MEDIA_TYPE,
+                       Descriptor, Index, Manifest, digest_of)
+from .manifest import parse as parse_manifest
+from .platform import Platform, host_platform
+from .store import REF_NAME, Store
+
+log = logging.getLogger("puller.archive")
+
+__all__ = ["SaveItem", "save", "load", "export", "import_tar", "FORMATS"]
+
+FORMATS = ("docker", "oci")
+CONTAINERD_NAME = "io.containerd.image.name"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+
+_CHUNK = 1 << 20
+_MAX_JSON = 16 << 20          # manifest.json, configs, indexes: read whole, so capped
+_LIMITS = Limits()
+_BLOB_NAME = re.compile(r"^blobs/(sha256|sha512)/([0-9a-f]{64}|[0-9a-f]{128})$")
+_DIFF_NAME = re.compile(r"^([0-9a-f]{64})\.tar$")         # skopeo's and our layer names
+_JSON_NAME = re.compile(r"^([0-9a-f]{64})\.json$")        # docker's and skopeo's config names
+_META_NAMES = ("manifest.json", "repositories", "index.json", "oci-layout")
+
+Progress = Callable[[dict], None]
+
+
+def _noop(event: dict) -> None:
+    return None
+
+
+def _hex(digest: str) -> str:
+    return digest.partition(":")[2]
+
+
+def _gzip_compressor() -> Any:
+    """A gzip stream compressor with a fixed header (no name, mtime 0), so that the same tar
+    always becomes the same blob and re-loading an archive finds its blobs in place.
+    ISA-L when installed (several times faster), else zlib at gzip's default level."""
+    try:
+        from isal import isal_zlib  # type: ignore[import-not-found]
+        return isal_zlib.compressobj(2, isal_zlib.DEFLATED, 31)
+    except ImportError:  # pragma: no cover - depends on the environment
+        return zlib.compressobj(6, zlib.DEFLATED, 31)
+
+
+def _sniff(head: bytes) -> str:
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return "none"
+
+
+def _layer_media_type(compression: str) -> str:
+    return {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}.get(compression, OCI_LAYER_TAR)
+
+
+# --- tar output ---------------------------------------------------------------------------
+
+class _TarOut:
+    """A streaming tar writer: a header, then the data in chunks, then padding. ``tarfile``
+    wants the whole member as a file object; we feed data as it is decompressed."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self._open = 0        # bytes still owed to the current member
+        self._size = 0
+
+    def header(self, info: tarfile.TarInfo) -> None:
+        if self._open:
+            raise ArchiveError("internal error: tar member left incomplete")
+        self._f.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._open = info.size if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
+        self._size = self._open
+
+    def data(self, chunk: bytes | memoryview) -> None:
+        if len(chunk) > self._open:
+            raise ArchiveError("internal error: more data than the tar header announced")
+        self._f.write(chunk)
+        self._open -= len(chunk)
+
+    def end_member(self) -> None:
+        if self._open:
+            raise ArchiveError(f"internal error: {self._open} bytes missing from a tar member")
+        self._f.write(b"\0" * (-self._size % 512))
+        self._size = 0
+
+    def add_bytes(self, name: str, data: bytes, mtime: int = 0) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o644, mtime
+        self.header(info)
+        self.data(data)
+        self.end_member()
+
+    def close(self) -> None:
+        self._f.write(b"\0" * 1024)
+
+
+@contextlib.contextmanager
+def _open_output(out: Path | str | BinaryIO) -> Iterator[IO[bytes]]:
+    """A file is written under a temp name next to it and renamed when complete, so an
+    interrupted save never leaves a half archive under the final name; a stream is used as
+    it is (``-o -``)."""
+    if not isinstance(out, (str, os.PathLike)):
+        yield out
+        out.flush()
+        return
+    path = Path(out)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise ArchiveError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb", buffering=_CHUNK) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --- save -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SaveItem:
+    """One image to save and the names it is saved under (normalised references)."""
+
+    image: CachedImage
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.image.manifest.layers) != len(self.image.diff_ids):
+            raise ArchiveError(f"{self.image.name}: the config lists {len(self.image.diff_ids)} "
+                               f"diff_ids for {len(self.image.manifest.layers)} layers")
+
+
+def save(items: Sequence[SaveItem], out: Path | str | BinaryIO, *, store: Store,
+         fmt: str = "docker", compress: bool = False, progress: Progress | None = None) -> None:
+    """Write ``items`` as one archive to ``out`` (a path, written atomically, or a stream).
+
+    ``fmt`` is ``docker`` (docker-archive) or ``oci`` (OCI image layout tar); ``compress``
+    keeps the registry's compressed blobs in a docker-archive instead of plain tars.
+    Layers shared by several images are written once.
+    """
+    if fmt not in FORMATS:
+        raise ArchiveError(f"unknown archive format {fmt!r}: expected docker or oci")
+    if not items:
+        raise ArchiveError("nothing to save")
+    emit = progress or _noop
+    with store.gc_lock(shared=True), _open_output(out) as f:
+        tar = _TarOut(f)
+        if fmt == "docker":
+            _save_docker(items, tar, store, compress, emit)
+        else:
+            _save_oci(items, tar, store, emit)
+        tar.close()
+
+
+def _repo_tag(name: str) -> tuple[str, str] | None:
+    """``(repository, tag)`` as Docker writes them in RepoTags (familiar form); None for
+    digest references, which Docker cannot tag."""
+    from .reference import parse
+    ref = parse(name)
+    if ref.digest or not ref.tag:
+        return None
+    return ref.familiar.rpartition(":")[0], ref.tag
+
+
+def _save_docker(items: Sequence[SaveItem], tar: _TarOut, store: Store, compress: bool,
+                 emit: Progress) -> None:
+    written: set[str] = set()
+    manifest: list[dict] = []
+    repositories: dict[str, dict[str, str]] = {}
+    for item in items:
+        img = item.image
+        paths = []
+        for desc, diff_id in zip(img.manifest.layers, img.diff_ids):
+            if compress:
+                ext = {"gzip": ".gz", "zstd": ".zst"}.get(_compression_of(desc), "")
+                path = f"{_hex(desc.digest)}.tar{ext}"
+                if path not in written:
+                    _copy_blob(tar, store, desc, path, emit)
+            else:
+                path = f"{_hex(diff_id)}.tar"
+                if path not in written:
+                    _write_uncompressed(tar, store, desc, diff_id, path, emit)
+            written.add(path)
+            paths.append(path)
+        config = f"{_hex(img.manifest.config.digest)}.json"
+        if config not in written:
+            tar.add_bytes(config, img.config_raw)
+            written.add(config)
+        tags = [rt for rt in map(_repo_tag, item.names) if rt is not None]
+        manifest.append({"Config": config, "RepoTags": [f"{r}:{t}" for r, t in tags] or None,
+                         "Layers": paths})
+        for repo, tag in tags:
+            repositories.setdefault(repo, {})[tag] = _hex(img.diff_ids[-1]) if img.diff_ids else ""
+    tar.add_bytes("manifest.json", json.dumps(manifest).encode())
+    tar.add_bytes("repositories", json.dumps(repositories).encode())
+
+
+def _compression_of(desc: Descriptor) -> str:
+    mt = desc.media_type
+    if "zstd" in mt:
+        return "zstd"
+    return "gzip" if "gzip" in mt else "none"
+
+
+def _copy_blob(tar: _TarOut, store: Store, desc: Descriptor, path: str, emit: Progress) -> None:
+    """A cached blob into the tar as it is; the cache's reader checks its digest at EOF."""
+    info = tarfile.TarInfo(path)
+    info.size, info.mode = desc.size, 0o644
+    tar.header(info)
+    with store.open_blob(desc.digest, desc.size) as r:
+        while chunk := r.read(_CHUNK):
+            tar.data(chunk)
+    tar.end_member()
+    emit({"event": "archive-blob", "digest": desc.digest, "size": desc.size})
+
+
+def uncompressed_size(store: Store, desc: Descriptor, diff_id: str) -> int:
+    """A layer's uncompressed size: from the cache's meta, else learnt by one streaming pass
+    (which also checks the DiffID) and recorded there for next time."""
+    meta = store.get_meta(desc.digest)
+    if isinstance(meta.get("uncompressed_size"), int) and meta.get("diff_id") == diff_id:
+        return int(meta["uncompressed_size"])
+    with store.open_blob(desc.digest, desc.size) as raw:
+        dec = _Decoded(raw, _LIMITS)
+        while dec.next_chunk():
+            pass
+    got = f"sha256:{dec.hash.hexdigest()}"
+    if got != diff_id:
+        raise DigestMismatch(f"layer {desc.digest} does not match its diff_id {diff_id} (got {got})")
+    store.set_meta(desc.digest, uncompressed_size=dec.total, diff_id=diff_id)
+    return dec.total
+
+
+def _write_uncompressed(tar: _TarOut, store: Store, desc: Descriptor, diff_id: str, path: str,
+                        emit: Progress) -> None:
+    """Decompress a cached layer straight into the tar; its DiffID is checked on the way."""
+    size = uncompressed_size(store, desc, diff_id)
+    info = tarfile.TarInfo(path)
+    info.size, info.mode = size, 0o644
+    tar.header(info)
+    with store.open_blob(desc.digest, desc.size) as raw:
+        dec = _Decoded(raw, _LIMITS)
+        while chunk := dec.next_chunk():
+            if len(chunk) > tar._open:
+                raise ArchiveError(f"layer {desc.digest} is larger than its recorded size {size}")
+            tar.data(chunk)
+    if dec.total != size or f"sha256:{dec.hash.hexdigest()}" != diff_id:
+        raise DigestMismatch(f"layer {desc.digest} does not match its diff_id {diff_id}")
+    tar.end_member()
+    emit({"event": "archive-blob", "digest": desc.digest, "size": size})
+
+
+def _save_oci(items: Sequence[SaveItem], tar: _TarOut, store: Store, emit: Progress) -> None:
+    tar.add_bytes("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+    written: set[str] = set()
+    entries: list[dict] = []
+
+    def blob(digest: str, data: bytes | None = None, desc: Descriptor | None = None) -> None:
+        path = f"blobs/{digest.replace(':', '/')}"
+        if path in written:
+            return
+        written.add(path)
+        if data is not None:
+            tar.add_bytes(path, data)
+        elif desc is not None:
+            _copy_blob(tar, store, desc, path, emit)
+
+    for item in items:
+        img = item.image
+        for layer in img.manifest.layers:
+            blob(layer.digest, desc=layer)
+        blob(img.manifest.config.digest, img.config_raw)
+        blob(img.local_digest, img.manifest.raw)
+        entry = store.get_ref(img.name)
+        for name in item.names:
+            ann = {REF_NAME: name, CONTAINERD_NAME: name}
+            if img.manifest_digest != img.local_digest:
+                ann[REGISTRY_DIGEST] = img.manifest_digest
+                if entry is not None and entry.registry_digest == img.manifest_digest:
+                    ann[REGISTRY_MEDIA_TYPE] = entry.registry_media_type
+            entries.append(Descriptor(img.manifest.media_type, img.local_digest,
+                                      len(img.manifest.raw), img.platform,
+                                      tuple(sorted(ann.items()))).to_json())
+    tar.add_bytes("index.json", json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                                            "manifests": entries}, indent=2).encode())
+
+
+# --- load: staging ----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """An archive member as it would enter the cache: ``path`` is its staged file under
+    tmp/ (None when the cache holds that very blob already)."""
+
+    digest: str
+    size: int
+    diff_id: str | None          # sha256 of the uncompressed bytes (None: not decodable)
+    uncompressed_size: int | None
+    compression: str
+    path: Path | None
+
+
+class _Tee:
+    """A read-only stream that hands every byte it reads to ``sink`` too."""
+
+    def __init__(self, src: IO[bytes], first: bytes, sink: Callable[[bytes], Any]) -> None:
+        self._src, self._first, self._sink = src, first, sink
+
+    def read(self, n: int = -1) -> bytes:
+        if self._first:
+            data, self._first = self._first, b""
+        else:
+            data = self._src.read(n if n and n > 0 else _CHUNK)
+        if data:
+            self._sink(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+class _Staging:
+    """The per-load room under the cache's tmp/: members are hashed into it as they stream
+    past, and moved into blobs/ only by :meth:`commit`, after everything was verified."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        try:
+            store.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self.dir = Path(tempfile.mkdtemp(prefix="load-", dir=store.tmp_dir))
+        except OSError as e:
+            raise ArchiveError(f"cannot use cache directory {store.root}: {e.strerror or e}") from None
+        self._n = 0
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _new_file(self) -> tuple[Path, IO[bytes]]:
+        self._n += 1
+        path = self.dir / f"{self._n:06d}"
+        return path, open(path, "wb", buffering=_CHUNK)
+
+    def stage(self, src: IO[bytes], *, expect: str | None = None, recompress: bool = False,
+              known: Descriptor | None = None) -> _Staged:
+        """Consume ``src``: hash it (and its uncompressed bytes), keep it as a staged file.
+
+        ``expect``: the digest its name promises (mismatch: ArchiveError); a blob the cache
+        already holds is only hashed. ``recompress``: a plain tar becomes a gzip blob (a
+        docker-archive's layers). ``known``: a cached layer whose DiffID the name claims;
+        when the bytes do hash to it, that blob is reused instead of gzipping again.
+        """
+        first = src.read(_CHUNK)
+        compression = _sniff(first)
+        algo = expect.partition(":")[0] if expect else "sha256"
+        in_cache = expect is not None and self.store.has_blob(expect)
+        if compression == "none":
+            staged = self._stage_plain(src, first, algo, recompress and known is None and not in_cache,
+                                       keep=not in_cache and known is None)
+        else:
+            staged = self._stage_compressed(src, first, algo, compression, keep=not in_cache)
+        if expect is not None and staged.digest != expect:
+            self._discard(staged)
+            raise ArchiveError(f"archive member does not match its digest {expect} (corrupt archive)")
+        return staged
+
+    def _stage_plain(self, src: IO[bytes], first: bytes, algo: str, gzip_it: bool,
+                     keep: bool) -> _Staged:
+        diff_h = hashlib.sha256()
+        blob_h = hashlib.new(algo) if (gzip_it or algo != "sha256") else diff_h
+        path, out = self._new_file() if keep or gzip_it else (None, None)
+        z = _gzip_compressor() if gzip_it else None
+        n = written = 0
+        try:
+            chunk = first
+            while chunk:
+                n += len(chunk)
+                diff_h.update(chunk)
+                if blob_h is not diff_h:
+                    if z is None:
+                        blob_h.update(chunk)
+                if z is not None:
+                    piece = z.compress(chunk)
+                    blob_h.update(piece)
+                    written += len(piece)
+                    out.write(piece)  # type: ignore[union-attr]
+                elif out is not None:
+                    out.write(chunk)
+                chunk = src.read(_CHUNK)
+            if z is not None:
+                piece = z.flush()
+                blob_h.update(piece)
+                written += len(piece)
+                out.write(piece)  # type: ignore[union-attr]
+            if out is not None:
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            if out is not None:
+                out.close()
+        diff_id = f"sha256:{diff_h.hexdigest()}"
+        if z is not None:
+            return _Staged(f"{algo}:{blob_h.hexdigest()}", written, diff_id, n, "gzip", path)
+        return _Staged(f"{algo}:{blob_h.hexdigest()}", n, diff_id, n, "none", path)
+
+    def _stage_compressed(self, src: IO[bytes], first: bytes, algo: str, compression: str,
+                          keep: bool) -> _Staged:
+        blob_h = hashlib.new(algo)
+        path, out = self._new_file() if keep else (None, None)
+        count = [0]
+
+        def sink(data: bytes) -> None:
+            blob_h.update(data)
+            count[0] += len(data)
+            if out is not None:
+                out.write(data)
+
+        tee = _Tee(src, first, sink)
+        diff_id: str | None
+        try:
+            try:
+                dec = _Decoded(tee, _LIMITS)  # type: ignore[arg-type]
+                while dec.next_chunk():
+                    pass
+                diff_id, usize = f"sha256:{dec.hash.hexdigest()}", dec.total
+            except LayerError:  # not a layer after all, or a corrupt one: the digest decides
+                tee.drain()
+                diff_id, usize = None, None
+            if out is not None:
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            if out is not None:
+                out.close()
+        return _Staged(f"{algo}:{blob_h.hexdigest()}", count[0], diff_id, usize, compression, path)
+
+    def gzip_staged(self, staged: _Staged) -> _Staged:
+        """Compress a staged plain layer (a docker-archive whose layers sit under blobs/)."""
+        src = open(staged.path, "rb") if staged.path else self.store.open_blob(staged.digest)
+        with src:
+            out = self.stage(src, recompress=True)
+        return out
+
+    def _discard(self, staged: _Staged) -> None:
+        if staged.path is not None:
+            with contextlib.suppress(OSError):
+                staged.path.unlink()
+
+    def read(self, staged: _Staged, what: str) -> bytes:
+        """A small staged member (a config, manifest or index), read whole."""
+        if staged.size > _MAX_JSON:
+            raise ArchiveError(f"{what} is larger than {_MAX_JSON >> 20} MiB")
+        if staged.path is None:
+            return self.store.read_blob(staged.digest)
+        return staged.path.read_bytes()
+
+    def commit(self, staged: _Staged) -> None:
+        """Move a verified staged blob into blobs/ (unless the cache has it by now)."""
+        store = self.store
+        if staged.path is not None:
+            with store.lock_blob(staged.digest):
+                if not store.has_blob(staged.digest, staged.size):
+                    final = store.blob_path(staged.digest)
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    os.chmod(staged.path, 0o644)
+                    os.replace(staged.path, final)
+        if staged.diff_id and staged.compression != "none":
+            meta = store.get_meta(staged.digest)
+            want = {"diff_id": staged.diff_id, "uncompressed_size": staged.uncompressed_size}
+            if any(meta.get(k) != v for k, v in want.items()):
+                store.set_meta(staged.digest, **want)
+
+    def put(self, data: bytes) -> _Staged:
+        """Small content made by the load itself (a manifest), staged like a member."""
+        return self.stage(io.BytesIO(data))
+
+
+def known_layers(store: Store) -> dict[str, Descriptor]:
+    """DiffID -> a cached layer blob with that DiffID, from the cache's meta records."""
+    out: dict[str, Descriptor] = {}
+    meta_dir = store.root / "meta"
+    if not meta_dir.is_dir():
+        return out
+    for p in meta_dir.glob("*.json"):
+        try:
+            meta = json.loads(p.read_bytes())
+        except (OSError, ValueError):
+            continue
+        digest = f"sha256:{p.stem}"
+        diff_id = meta.get("diff_id")
+        if isinstance(diff_id, str) and store.has_blob(digest):
+            path = store.blob_path(digest)
+            with open(path, "rb") as f:
+                compression = _sniff(f.read(4))
+            out[diff_id] = Descriptor(_layer_media_type(compression), digest, path.stat().st_size)
+    return out
+
+
+# --- load -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """One ref an archive names, ready to be written once all blobs are in place."""
+
+    name: str
+    descriptor: Descriptor
+    registry_digest: str | None
+    registry_media_type: str | None
+
+
+class _Loader:
+    """Reads one archive into a staging room, checks it whole, then commits it."""
+
+    def __init__(self, store: Store, emit: Progress) -> None:
+        self.store, self.emit = store, emit
+        self.staging = _Staging(store)
+        self.members: dict[str, _Staged] = {}     # archive path -> staged member
+        self.meta: dict[str, bytes] = {}          # manifest.json, index.json, ...
+        self.aliases: dict[str, str] = {}         # symlinked members (old docker save)
+        self.by_digest: dict[str, _Staged] = {}
+        self.used: dict[str, _Staged] = {}        # what the refs need, in commit order
+        self._known: dict[str, Descriptor] | None = None
+
+    def known(self) -> dict[str, Descriptor]:
+        if self._known is None:
+            self._known = known_layers(self.store)
+        return self._known
+
+    # -- reading --
+    def read_tar(self, f: IO[bytes]) -> None:
+        try:
+            with tarfile.open(fileobj=f, mode="r|*", bufsize=_CHUNK) as tar:
+                for member in tar:
+                    self._member(tar, member)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            raise ArchiveError(f"archive is corrupt or truncated ({e})") from None
+
+    def _member(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        name = os.path.normpath(m.name).lstrip("/")
+        if m.issym() or m.islnk():
+            target = m.linkname if m.islnk() else os.path.join(os.path.dirname(name), m.linkname)
+            self.aliases[name] = os.path.normpath(target).lstrip("/")
+            return
+        if not m.isfile():
+            return
+        src = tar.extractfile(m)
+        assert src is not None
+        if name in _META_NAMES or (name.endswith(".json") and not name.startswith("blobs/")):
+            if m.size > _MAX_JSON:
+                raise ArchiveError(f"archive member {name} is larger than {_MAX_JSON >> 20} MiB")
+            self.meta[name] = src.read()
+            return
+        self.emit({"event": "archive-member", "name": name, "size": m.size})
+        blob = _BLOB_NAME.match(name)
+        if blob:
+            staged = self.staging.stage(src, expect=f"{blob[1]}:{blob[2]}")
+        else:
+            hint = _DIFF_NAME.match(os.path.basename(name))
+            known = self.known().get(f"sha256:{hint[1]}") if hint else None
+            staged = self.staging.stage(src, recompress=True, known=known)
+            if known is not None and staged.path is None:
+                if staged.diff_id != f"sha256:{hint[1]}":  # type: ignore[index]
+                    raise ArchiveError(f"layer {name} does not match the DiffID its name claims")
+                staged = _Staged(known.digest, known.size, staged.diff_id, staged.size,
+                                 _compression_of(known), None)
+        self.members[name] = staged
+        self.by_digest.setdefault(staged.digest, staged)
+
+    def read_dir(self, root: Path) -> None:
+        """An OCI layout directory: only the blobs its index reaches are staged (lazily)."""
+        try:
+            self.meta["index.json"] = (root / "index.json").read_bytes()
+        except OSError as e:
+            raise ArchiveError(f"{root} is not an OCI image layout: {e.strerror or e}") from None
+        self.layout_dir = root
+
+    def blob(self, digest: str, size: int | None = None) -> _Staged | None:
+        """The staged member with ``digest`` (from a layout dir: staged on first use)."""
+        staged = self.by_digest.get(digest)
+        if staged is None and getattr(self, "layout_dir", None) is not None:
+            path = self.layout_dir / "blobs" / digest.replace(":", "/")
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                f = None
+            except OSError as e:
+                raise ArchiveError(f"cannot read {path}: {e.strerror or e}") from None
+            if f is not None:
+                with f:
+                    staged = self.staging.stage(f, expect=digest)
+                self.by_digest[digest] = staged
+        if staged is None and self.store.has_blob(digest, size):
+            size = size if size is not None else self.store.blob_path(digest).stat().st_size
+            meta = self.store.get_meta(digest)
+            staged = _Staged(digest, size, meta.get("diff_id"), meta.get("uncompressed_size"),
+                             "unknown", None)
+        if staged is not None and size is not None and staged.size != size:
+            raise ArchiveError(f"blob {digest} is {staged.size} bytes, its descriptor says {size}")
+        return staged
+
+    # -- checking --
+    def refs(self) -> list[_Loaded]:
+        if "index.json" in self.meta:
+            return self._oci_refs()
+        if "manifest.json" in self.meta:
+            return self._docker_refs()
+        raise ArchiveError("not an image archive (no manifest.json or index.json)")
+
+    def _json(self, data: bytes, what: str) -> Any:
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise ArchiveError(f"{what} is not valid JSON") from None
+
+    def _need(self, digest: str, size: int | None, what: str) -> _Staged:
+        staged = self.blob(digest, size)
+        if staged is None:
+            raise ArchiveError(f"{what} {digest} is missing from the archive")
+        self.used.setdefault(digest, staged)
+        return staged
+
+    def _check_image(self, desc: Descriptor) -> Manifest:
+        """A manifest, its config and layers are all there and the DiffIDs agree."""
+        raw = self.staging.read(self._need(desc.digest, desc.size, "manifest"), "manifest")
+        m = _parse(raw, desc.media_type)
+        if not isinstance(m, Manifest):
+            raise ArchiveError(f"{desc.digest} is an index where an image manifest was expected")
+        config = self._json(self.staging.read(self._need(m.config.digest, m.config.size, "config"),
+                                              "config"), "image config")
+        diff_ids = _diff_ids(config)
+        if len(diff_ids) != len(m.layers):
+            raise ArchiveError(f"image {desc.digest}: {len(m.layers)} layers but "
+                               f"{len(diff_ids)} diff_ids in its config")
+        for layer, diff_id in zip(m.layers, diff_ids):
+            staged = self._need(layer.digest, layer.size, "layer")
+            if staged.diff_id is not None and staged.diff_id != diff_id:
+                raise ArchiveError(f"layer {layer.digest} does not match its diff_id {diff_id}")
+        return m
+
+    def _oci_refs(self) -> list[_Loaded]:
+        doc = self._json(self.meta["index.json"], "index.json")
+        out = []
+        for d in doc.get("manifests") or [] if isinstance(doc, dict) else []:
+            desc = _descriptor(d)
+            name = _oci_ref_name(desc)
+            if name is None:
+                log.warning("skipping unnamed image %s in the archive", desc.digest)
+                continue
+            raw = self.staging.read(self._need(desc.digest, desc.size, "manifest"), "manifest")
+            top = _parse(raw, desc.media_type)
+            if isinstance(top, Index):
+                present = [c for c in top.images() if self.blob(c.digest, c.size) is not None]
+                if not present:
+                    raise ArchiveError(f"{name}: the archive holds none of its platforms")
+                for child in present:
+                    self._check_image(child)
+            else:
+                self._check_image(desc)
+            plain = Descriptor(desc.media_type, desc.digest, desc.size, desc.platform)
+            out.append(_Loaded(name, plain, desc.annotation(REGISTRY_DIGEST),
+                               desc.annotation(REGISTRY_MEDIA_TYPE)))
+        if not out:
+            raise ArchiveError("the archive names no image (index.json lists no ref names)")
+        return out
+
+    def _member_named(self, name: str) -> _Staged | bytes:
+        name = os.path.normpath(name).lstrip("/")
+        for _ in range(8):
+            if name not in self.aliases:
+                break
+            name = self.aliases[name]
+        if name in self.meta:
+            return self.meta[name]
+        if name in self.members:
+            return self.members[name]
+        raise ArchiveError(f"{name} is listed in manifest.json but missing from the archive")
+
+    def _docker_refs(self) -> list[_Loaded]:
+        from .errors import BadReference
+        from .reference import parse
+        doc = self._json(self.meta["manifest.json"], "manifest.json")
+        if not isinstance(doc, list):
+            raise ArchiveError("manifest.json is not a list of images")
+        out = []
+        for entry in doc:
+            if not isinstance(entry, dict) or not isinstance(entry.get("Layers"), list):
+                raise ArchiveError("manifest.json entry has no Layers list")
+            desc = self._docker_image(entry)
+            for tag in entry.get("RepoTags") or ():
+                try:
+                    out.append(_Loaded(str(parse(str(tag))), desc, None, None))
+                except BadReference as e:
+                    raise ArchiveError(f"manifest.json: {e}") from None
+            if not entry.get("RepoTags"):
+                log.warning("skipping untagged image %s in the archive", entry.get("Config"))
+        if not out:
+            raise ArchiveError("the archive names no image (manifest.json has no RepoTags)")
+        return out
+
+    def _docker_image(self, entry: dict) -> Descriptor:
+        """Turn one manifest.json image into an OCI manifest over gzip layer blobs."""
+        cfg_name = str(entry.get("Config") or "")
+        cfg = self._member_named(cfg_name)
+        config_raw = cfg if isinstance(cfg, bytes) else self.staging.read(cfg, "config")
+        config_digest = digest_of(config_raw)
+        named = _JSON_NAME.match(os.path.basename(cfg_name)) or _BLOB_NAME.match(cfg_name)
+        if named and _hex(config_digest) != named[named.lastindex or 1]:
+            raise ArchiveError(f"config {cfg_name} does not match its digest (corrupt archive)")
+        diff_ids = _diff_ids(self._json(config_raw, "image config"))
+        if len(diff_ids) != len(entry["Layers"]):
+            raise ArchiveError(f"{cfg_name}: {len(entry['Layers'])} layers but "
+                               f"{len(diff_ids)} diff_ids in the config")
+        layers = []
+        for path, diff_id in zip(entry["Layers"], diff_ids):
+            staged = self._member_named(str(path))
+            if isinstance(staged, bytes):
+                raise ArchiveError(f"layer {path} is not a tar")
+            if staged.compression == "none" and staged.diff_id == diff_id:
+                staged = self._recompressed(staged)
+            if staged.diff_id != diff_id:
+                raise ArchiveError(f"layer {path} does not match its diff_id {diff_id}")
+            self.used.setdefault(staged.digest, staged)
+            layers.append(Descriptor(_layer_media_type(staged.compression), staged.digest,
+                                     staged.size))
+        config_staged = self.staging.put(config_raw)
+        self.used.setdefault(config_staged.digest, config_staged)
+        doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+               "config": Descriptor(OCI_CONFIG, config_digest, len(config_raw)).to_json(),
+               "layers": [d.to_json() for d in layers]}
+        raw = json.dumps(doc, indent=2).encode()
+        staged = self.staging.put(raw)
+        self.used.setdefault(staged.digest, staged)
+        return Descriptor(OCI_MANIFEST, staged.digest, len(raw))
+
+    def _recompressed(self, staged: _Staged) -> _Staged:
+        known = self.known().get(staged.diff_id or "")
+        if known is not None:
+            return _Staged(known.digest, known.size, staged.diff_id, staged.size,
+                           _compression_of(known), None)
+        return self.staging.gzip_staged(staged)
+
+    # -- writing --
+    def commit(self, refs: list[_Loaded]) -> None:
+        """Blobs into the cache first, refs last: a crash in between leaves only blobs that
+        prune can collect, never a ref to something missing."""
+        self.store.ensure()
+        for staged in self.used.values():
+            self.staging.commit(staged)
+        for r in refs:
+            current = self.store.get_ref(r.name)
+            if (current is not None and current.descriptor.digest == r.descriptor.digest
+                    and (r.registry_digest is None or current.registry_digest == r.registry_digest)):
+                continue  # already so: re-loading writes nothing
+            self.store.set_ref(r.name, r.descriptor, registry_digest=r.registry_digest,
+                               registry_media_type=r.registry_media_type)
+            self.emit({"event": "loaded", "ref": r.name, "digest": r.descriptor.digest})
+
+
+def _parse(raw: bytes, media_type: str | None) -> Manifest | Index:
+    try:
+        return parse_manifest(raw, media_type or None)
+    except PullerError as e:
+        raise ArchiveError(f"archive holds an unusable manifest: {e}") from None
+
+
+def _descriptor(d: Any) -> Descriptor:
+    try:
+        return Descriptor.from_json(d)
+    except (PullerError, TypeError, ValueError) as e:
+        raise ArchiveError(f"index.json has an invalid entry: {e}") from None
+
+
+def _diff_ids(config: Any) -> list[str]:
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ArchiveError("image config has no rootfs.diff_ids list")
+    return ids
+
+
+def _oci_ref_name(desc: Descriptor) -> str | None:
+    """The full reference an OCI index entry names: containerd's annotation when present
+    (Docker 25+ writes the bare tag into ref.name), else ref.name."""
+    from .errors import BadReference
+    from .reference import parse
+    for key in (CONTAINERD_NAME, REF_NAME):
+        value = desc.annotation(key)
+        if value:
+            try:
+                return str(parse(value))
+            except BadReference:
+                continue
+    return None
+
+
+def load(source: Path | str | BinaryIO, store: Store, *, progress: Progress | None = None
+         ) -> list[str]:
+    """Load a docker-archive, an OCI archive or an OCI layout directory into ``store``;
+    returns the ref names it wrote (or found already in place)."""
+    emit = progress or _noop
+    loader = _Loader(store, emit)
+    try:
+        with store.gc_lock(shared=True) if store.root.exists() else contextlib.nullcontext():
+            if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+                loader.read_dir(Path(source))
+            elif isinstance(source, (str, os.PathLike)):
+                try:
+                    f = open(source, "rb")
+                except OSError as e:
+                    raise ArchiveError(f"cannot read {source}: {e.strerror or e}") from None
+                with f:
+                    loader.read_tar(f)
+            else:
+                loader.read_tar(source)
+            refs = loader.refs()
+            loader.commit(refs)
+    finally:
+        loader.staging.close()
+    return [r.name for r in refs]
+
+
+# --- export -----------------------------------------------------------------------------
+
+_TAR_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+              "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
+              "fifo": tarfile.FIFOTYPE}
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A path of the merged tree: the entry that made it (for a hardlink, the entry of its
+    inode's first name), and its inode as (layer, ordinal) of that entry."""
+
+    entry: LayerEntry
+    layer: int
+    inode: tuple[int, int] | None
+
+
+def _tarinfo(path: str, e: LayerEntry, kind: str | None = None, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(path)
+    kind = kind or e.type
+    info.type = _TAR_TYPES[kind]
+    info.mode = e.mode & 0o7777
+    info.uid, info.gid, info.uname, info.gname = e.uid, e.gid, e.uname, e.gname
+    info.mtime = e.mtime_ns // 1_000_000_000
+    info.linkname = link or (e.linkname if kind == "symlink" else "")
+    info.devmajor, info.devminor = e.devmajor, e.devminor
+    info.size = e.size if kind == "file" else 0
+    if e.xattrs:
+        info.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                            for k, v in e.xattrs}
+    return info
+
+
+def _drop(tree: dict[str, _Node], path: str, below: int | None) -> None:
+    """Remove ``path`` and everything under it that came from layers lower than ``below``
+    (whiteouts hide only lower layers' content; None: remove whatever is there)."""
+    prefix = path + "/" if path else ""
+    doomed = [p for p, n in tree.items() if (p == path or p.startswith(prefix))
+              and (below is None or n.layer < below)]
+    for p in doomed:
+        del tree[p]
+
+
+def _merge_layer(tree: dict[str, _Node], layer: int, reader: LayerReader) -> None:
+    for ordinal, e in enumerate(reader):
+        if e.path == "":
+            continue
+        if e.is_opaque:
+            for p in [p for p, n in tree.items()
+                      if p.startswith(e.parent + "/" if e.parent else "") and n.layer < layer]:
+                del tree[p]
+            continue
+        target = e.whiteout_target
+        if target is not None:
+            _drop(tree, target, layer)
+            continue
+        old = tree.get(e.path)
+        if old is not None and old.entry.type == "dir" and e.type != "dir":
+            _drop(tree, e.path, None)
+        if e.type == "hardlink":
+            src = tree.get(e.linkname)
+            if src is None or src.entry.type == "dir":
+                log.warning("export: hardlink %s -> %s has no target; left out", e.path, e.linkname)
+                continue
+            tree[e.path] = _Node(src.entry, layer, src.inode)
+        else:
+            tree[e.path] = _Node(e, layer, None if e.type == "dir" else (layer, ordinal))
+
+
+def _check_diff_id(reader: LayerReader, want: str, index: int) -> None:
+    if reader.diff_id != want:
+        raise DigestMismatch(f"layer {index + 1} does not match its diff_id {want} "
+                             f"(got {reader.diff_id})")
+
+
+def export(image: CachedImage, out: Path | str | BinaryIO, store: Store, *,
+           progress: Progress | None = None) -> None:
+    """Write ``image``'s merged rootfs as one tar, as ``docker export`` does, streaming.
+
+    Pass one reads every layer's headers to know what survives; pass two copies the
+    surviving entries' data layer by layer. Directories come first (parents before
+    children), then the other entries in layer order; the names of one inode become one
+    file and hardlinks to it.
+    """
+    emit = progress or _noop
+    openers, diff_ids = image.layer_openers(store), image.diff_ids
+    tree: dict[str, _Node] = {}
+    with store.gc_lock(shared=True):
+        for i, opener in enumerate(openers):
+            with LayerReader(opener()) as reader:
+                _merge_layer(tree, i, reader)
+                _check_diff_id(reader, diff_ids[i], i)
+        groups: dict[tuple[int, int], list[str]] = {}
+        for path, node in tree.items():
+            if node.inode is not None:
+                groups.setdefault(node.inode, []).append(path)
+        for inode, paths in groups.items():
+            paths.sort(key=lambda p: (tree[p].entry.path != p, p))  # the source's own name first
+        with _open_output(out) as f:
+            tar = _TarOut(f)
+            for path in sorted(p for p, n in tree.items() if n.entry.type == "dir"):
+                tar.header(_tarinfo(path, tree[path].entry))
+                tar.end_member()
+            for i, opener in enumerate(openers):
+                emit({"event": "export-layer", "index": i + 1, "digest": image.manifest.layers[i].digest})
+                with LayerReader(opener()) as reader:
+                    for ordinal, e in enumerate(reader):
+                        paths = groups.get((i, ordinal))
+                        if paths:
+                            _write_inode(tar, reader, e, paths)
+                    _check_diff_id(reader, diff_ids[i], i)
+            tar.close()
+
+
+def _write_inode(tar: _TarOut, reader: LayerReader, e: LayerEntry, paths: list[str]) -> None:
+    first, rest = paths[0], paths[1:]
+    tar.header(_tarinfo(first, e))
+    if e.type == "file":
+        for chunk in reader.read_chunks():
+            tar.data(chunk)
+    tar.end_member()
+    for path in rest:
+        if e.type == "file":
+            tar.header(_tarinfo(path, e, "hardlink", first))
+        else:  # a hardlinked symlink or device: each name its own entry
+            tar.header(_tarinfo(path, e))
+        tar.end_member()
+
+
+# --- import -----------------------------------------------------------------------------
+
+def import_tar(src: Path | str | BinaryIO, ref: str, store: Store, *,
+               platform: Platform | None = None, progress: Progress | None = None) -> str:
+    """A rootfs tar (plain or compressed) as a one-layer image named ``ref``; returns the
+    normalised ref name. The config is minimal, with the host's (or ``platform``'s) os and
+    architecture, like ``docker import``."""
+    from .reference import parse
+    name = str(parse(ref))
+    plat = platform or host_platform()
+    loader = _Loader(store, progress or _noop)
+    try:
+        with contextlib.ExitStack() as stack:
+            if isinstance(src, (str, os.PathLike)):
+                try:
+                    f: IO[bytes] = stack.enter_context(open(src, "rb"))
+                except OSError as e:
+                    raise ArchiveError(f"cannot read {src}: {e.strerror or e}") from None
+            else:
+                f = src
+            layer = loader.staging.stage(f, recompress=True)
+        _check_tar(loader.staging, layer)
+        loader.used[layer.digest] = layer
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        config = {**plat.to_dict(), "created": now, "config": {},
+                  "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+                  "history": [{"created": now, "created_by": "puller import",
+                               "comment": "imported from a rootfs tar"}]}
+        config_raw = json.dumps(config, indent=2).encode()
+        cfg = loader.staging.put(config_raw)
+        loader.used[cfg.digest] = cfg
+        doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+               "config": Descriptor(OCI_CONFIG, cfg.digest, cfg.size).to_json(),
+               "layers": [Descriptor(_layer_media_type(layer.compression), layer.digest,
+                                     layer.size).to_json()]}
+        m = loader.staging.put(json.dumps(doc, indent=2).encode())
+        loader.used[m.digest] = m
+        with store.gc_lock(shared=True) if store.root.exists() else contextlib.nullcontext():
+            loader.commit([_Loaded(name, Descriptor(OCI_MANIFEST, m.digest, m.size), None, None)])
+    finally:
+        loader.staging.close()
+    return name
+
+
+def _check_tar(staging: _Staging, layer: _Staged) -> None:
+    """Read the staged layer as a tar to the end: refuse what is not one."""
+    src = open(layer.path, "rb") if layer.path else staging.store.open_blob(layer.digest)
+    try:
+        with LayerReader(src) as reader:
+            for _ in reader:
+                pass
+    except LayerError as e:
+        raise ArchiveError(f"not a usable tar archive: {e}") from None
