@@ -7,7 +7,7 @@ containers via :mod:`runner.containers`. Everything else is the setup machinery:
 """
 from __future__ import annotations
 
-from runner.cgroups import Limits
+from runner.limits import Limits
 from runner.container import RunSpec, Volume, run
 
 __all__ = ["RunSpec", "Volume", "Limits", "run"]

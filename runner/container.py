@@ -17,12 +17,15 @@ import os
 import signal
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from puller.errors import RunError, UsageError
 from runner import namespace, steps, userns
-from runner.cgroups import Limits
+from runner.limits import Limits
 from runner.init import Forwarder
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["RunSpec", "Volume", "run", "NETWORKS"]
 
@@ -93,29 +96,24 @@ class RunSpec:
             raise UsageError(f"invalid container name {self.name!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class _Dirs:
-    tmp: str          # throw-away: merged mount point (and upper/work with --rm)
-    upper: str
-    work: str
-    named: str | None
+_Dirs = tuple[str, str, str, "str | None"]  # tmp (throw-away), upper, work, named dir
 
 
 def _make_dirs(spec: RunSpec, cid: str) -> _Dirs:
+    """A throw-away directory (mount point; upper and work too with --rm) and, for a named
+    container, its kept directory."""
     base = str(spec.state_dir or os.environ.get("TMPDIR") or "/tmp")
     tmp = os.path.join(base, f"puller-run-{cid[:12]}")
     os.mkdir(tmp, 0o700)
     os.mkdir(f"{tmp}/merged")
-    named = None
     if spec.name is not None:
         from runner.containers import create_container
+        assert spec.containers_dir is not None
         named = str(create_container(spec.containers_dir, spec.name, cid, spec))
-        upper, work = f"{named}/upper", f"{named}/work"
-    else:
-        upper, work = f"{tmp}/upper", f"{tmp}/work"
-        os.mkdir(upper)
-        os.mkdir(work)
-    return _Dirs(tmp, upper, work, named)
+        return tmp, f"{named}/upper", f"{named}/work", named
+    os.mkdir(f"{tmp}/upper")
+    os.mkdir(f"{tmp}/work")
+    return tmp, f"{tmp}/upper", f"{tmp}/work", None
 
 
 def _resolv_conf(net_none: bool) -> str:
@@ -139,7 +137,7 @@ def _volumes(spec: RunSpec) -> tuple[steps.BindMount, ...]:
     for vol in spec.volumes:
         if not os.path.exists(vol.source):
             raise RunError(f"bind source path does not exist: {vol.source}", exit_code=125)
-        out.append(steps.BindMount(vol.source, vol.dest, vol.readonly))
+        out.append(steps.BindMount(vol.source, vol.dest, vol.readonly, why="-v volume"))
     return tuple(out)
 
 
@@ -161,7 +159,7 @@ def run(spec: RunSpec) -> int:
         raise RunError(f"rootfs {spec.rootfs} is not a directory", exit_code=125)
     volumes = _volumes(spec)
     _check_threads()
-    dirs = _make_dirs(spec, cid)
+    tmp, upper, work, named = _make_dirs(spec, cid)
     cgroup = None
     status: int | None = None
     try:
@@ -169,29 +167,29 @@ def run(spec: RunSpec) -> int:
             from runner import cgroups
             cgroup = cgroups.create(f"puller-{cid[:12]}", spec.limits)
         net_none = spec.network == "none"
+        merged = f"{tmp}/merged"
         plan = namespace.build_plan(
-            rootfs=str(spec.rootfs), merged=f"{dirs.tmp}/merged", upper=dirs.upper,
-            work=dirs.work, mapping=mapping, net_none=net_none, hostname=hostname,
-            resolv_conf=_resolv_conf(net_none), volumes=volumes, read_only=spec.read_only)
-        cleanup = (dirs.tmp,) if dirs.named is None else (dirs.tmp, dirs.work + "/work")
+            rootfs=str(spec.rootfs), merged=merged, upper=upper, work=work, mapping=mapping,
+            net_none=net_none, hostname=hostname, resolv_conf=_resolv_conf(net_none),
+            volumes=volumes, read_only=spec.read_only)
         launch = namespace.Launch(
-            plan=plan, merged=f"{dirs.tmp}/merged", argv=spec.argv, env=spec.env,
-            workdir=spec.workdir, user=spec.user, hostname=hostname, mapping=mapping,
-            net_none=net_none, tty=tty, init=spec.init,
-            cgroup_paths=() if cgroup is None else cgroup.paths,
-            sidecar=None if spec.sidecar is None else str(spec.sidecar), cleanup=cleanup)
+            plan=plan, merged=merged, argv=spec.argv, env=spec.env, workdir=spec.workdir,
+            user=spec.user, hostname=hostname, mapping=mapping, net_none=net_none, tty=tty,
+            init=spec.init, cgroup_paths=() if cgroup is None else cgroup.paths,
+            sidecar=None if spec.sidecar is None else str(spec.sidecar),
+            cleanup=(tmp,) if named is None else (tmp, f"{work}/work"))
         status = _launch(launch, mapping)
         return status
     finally:
         if cgroup is not None:
             from runner import cgroups
             cgroups.remove(cgroup)
-        if os.path.exists(dirs.tmp):
-            import shutil
-            shutil.rmtree(dirs.tmp, ignore_errors=True)
-        if dirs.named is not None:
+        if os.path.lexists(tmp):  # the keeper removes it; not if it never got that far
+            namespace.remove_tree(tmp)
+        if named is not None:
+            from pathlib import Path
             from runner.containers import mark_exited
-            mark_exited(Path(dirs.named), status)
+            mark_exited(Path(named), status)
 
 
 def _launch(launch: namespace.Launch, mapping: userns.Mapping) -> int:

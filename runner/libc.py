@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 __all__ = [
     "CLONE_NEWNS", "CLONE_NEWCGROUP", "CLONE_NEWUTS", "CLONE_NEWIPC", "CLONE_NEWUSER",
@@ -63,7 +62,7 @@ _SYSCALLS = {
     "aarch64": {"pivot_root": 41, "capset": 91, "openat2": 437, "mount_setattr": 442,
                 "close_range": 436},
 }
-_NR = _SYSCALLS.get(platform.machine(), _SYSCALLS["aarch64"])
+_NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["aarch64"])
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long

@@ -25,7 +25,7 @@ from runner import libc, steps
 from runner.process import Identity, lookup_user
 from runner.userns import Mapping, write_self_map
 
-__all__ = ["Launch", "Channels", "keeper", "build_plan", "DEFAULT_CAPS"]
+__all__ = ["Launch", "Channels", "keeper", "build_plan", "remove_tree", "DEFAULT_CAPS"]
 
 # Docker's default capability set (moby oci/caps/defaults.go), by number.
 DEFAULT_CAPS = (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31)
@@ -137,11 +137,46 @@ def _keeper(launch: Launch, ch: Channels) -> int:
         waited, status = os.waitpid(pid, 0)
         if waited == pid:
             break
-    if launch.cleanup:
-        import shutil
-        for path in launch.cleanup:
-            shutil.rmtree(path, ignore_errors=True)
+    for path in launch.cleanup:
+        remove_tree(path)
     return exit_code(status)
+
+
+def remove_tree(path: str) -> None:
+    """rm -rf without following symlinks (shutil is a costly import on the start path)."""
+    parent, name = os.path.split(path.rstrip("/"))
+    try:
+        fd = os.open(parent or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        _remove_entry(fd, name)
+    finally:
+        os.close(fd)
+
+
+def _remove_entry(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    except FileNotFoundError:
+        return
+    except (IsADirectoryError, PermissionError):
+        pass
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError:
+        return
+    try:
+        for entry in os.listdir(fd):
+            _remove_entry(fd, entry)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def container_init(launch: Launch, ch: Channels) -> None:
@@ -353,25 +388,37 @@ def _exec(launch: Launch, ch: Channels, ident: Identity, env: dict[str, str],
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
-def build_plan(*, rootfs: str, merged: str, upper: str | None, work: str | None,
-               mapping: Mapping, net_none: bool, hostname: str, resolv_conf: str,
+def build_plan(*, rootfs: str, merged: str, upper: str, work: str, mapping: Mapping,
+               net_none: bool, hostname: str, resolv_conf: str,
                volumes: tuple[steps.BindMount, ...], read_only: bool) -> tuple[steps.Step, ...]:
-    """The ordered mount plan (bubblewrap's setup_newroot, as data)."""
-    nodev_nosuid_noexec = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    """The ordered mount plan (bubblewrap's setup_newroot, as data), each step with why."""
+    nosuid, nodev, noexec = libc.MS_NOSUID, libc.MS_NODEV, libc.MS_NOEXEC
+    tty_gid = "" if mapping.kind == "single" else ",gid=5"  # unmapped gid: devpts refuses
     plan: list[steps.Step] = [
         steps.MakeRprivate(),
         steps.MountRoot(lower=rootfs, target=merged, upper=upper, work=work),
-        steps.MountProc(),
-        steps.MountSysfs() if net_none else steps.BindSys(),
-        steps.Tmpfs("/dev", 0o755, libc.MS_NOSUID),
-        *(steps.BindDevice(name) for name in _DEVICES),
-        steps.MountDevpts(tty_gid=None if mapping.kind == "single" else 5),
+        steps.Mount("proc", "/proc", nosuid | nodev | noexec,
+                    why="a fresh procfs shows only the new PID namespace's processes"),
+        steps.Mount("sysfs", "/sys", libc.MS_RDONLY | nosuid | nodev | noexec,
+                    why="our own network namespace allows a fresh, read-only sysfs")
+        if net_none else
+        steps.BindMount("/sys", "/sys", readonly=True,
+                        why="with the host's netns a fresh sysfs is refused: bind it, all ro"),
+        steps.Mount("tmpfs", "/dev", nosuid, "mode=755",
+                    why="a private /dev: none of the image's or the host's device nodes"),
+        *(steps.BindMount(f"/dev/{name}", f"/dev/{name}", recursive=False,
+                          why="mknod is refused in a user namespace: bind the host's node")
+          for name in _DEVICES),
+        steps.Mount("devpts", "/dev/pts", nosuid | noexec,
+                    f"newinstance,ptmxmode=0666,mode=620{tty_gid}",
+                    why="the container's own ptys, invisible to the host's"),
         steps.Symlink("pts/ptmx", "/dev/ptmx"),
         steps.Symlink("/proc/self/fd", "/dev/fd"),
         steps.Symlink("/proc/self/fd/0", "/dev/stdin"),
         steps.Symlink("/proc/self/fd/1", "/dev/stdout"),
         steps.Symlink("/proc/self/fd/2", "/dev/stderr"),
-        steps.Tmpfs("/dev/shm", 0o1777, nodev_nosuid_noexec),
+        steps.Mount("tmpfs", "/dev/shm", nosuid | nodev | noexec, "mode=1777",
+                    why="POSIX shared memory private to the container"),
         steps.WriteFile("/etc/hostname", f"{hostname}\n"),
         steps.WriteFile("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost "
                         f"ip6-loopback\n127.0.1.1\t{hostname}\n"),

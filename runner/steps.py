@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from runner import libc
 
-__all__ = [
-    "MakeRprivate", "MountRoot", "MountProc", "MountSysfs", "BindSys", "Tmpfs", "BindDevice",
-    "MountDevpts", "Symlink", "BindMount", "WriteFile", "ReadOnlyRoot", "Step", "apply",
-    "open_in_root",
-]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["MakeRprivate", "MountRoot", "Mount", "BindMount", "Symlink", "WriteFile",
+           "ReadOnlyRoot", "Step", "apply", "open_in_root"]
 
 _RESOLVE = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
 _MAX_LINKS = 40
@@ -42,68 +42,52 @@ class MakeRprivate:
 @dataclass(frozen=True, slots=True)
 class MountRoot:
     """The container's root: an overlay of a per-container upper over the shared read-only
-    base (no copy at start, the cached image never changes), or, when ``upper`` is None, a
-    bind of ``lower`` onto ``target`` (the private-copy fallback; pivot_root needs a mount)."""
+    base (no copy at start, the cached image never changes); if overlayfs is refused,
+    a private copy of the base in ``upper``, reported once through ``warn``."""
     lower: str
     target: str
-    upper: str | None = None
-    work: str | None = None
+    upper: str
+    work: str
 
 
 @dataclass(frozen=True, slots=True)
-class MountProc:
-    """A fresh procfs: it shows the new PID namespace only, so the host's processes (and
-    their /proc/PID/root) stay out of sight."""
-    dest: str = "/proc"
-
-
-@dataclass(frozen=True, slots=True)
-class MountSysfs:
-    """A fresh, read-only sysfs; only possible with our own network namespace."""
-    dest: str = "/sys"
-
-
-@dataclass(frozen=True, slots=True)
-class BindSys:
-    """With the host's network namespace a fresh sysfs is refused, so bind the host's /sys
-    recursively and make the whole tree read-only in one mount_setattr call."""
-    dest: str = "/sys"
-
-
-@dataclass(frozen=True, slots=True)
-class Tmpfs:
-    """A private tmpfs (/dev, /dev/shm): the image's own files there are not used and
-    nothing written there survives the container."""
+class Mount:
+    """A kernel filesystem (proc, sysfs, tmpfs, devpts) mounted at ``dest`` inside the root;
+    ``why`` is the one-line reason this mount is in the plan."""
+    fstype: str
     dest: str
-    mode: int = 0o755
-    flags: int = libc.MS_NOSUID | libc.MS_NODEV
+    flags: int = 0
+    data: str | None = None
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        _absolute(self.dest)
 
 
 @dataclass(frozen=True, slots=True)
-class BindDevice:
-    """Bind one harmless host device node (null, zero, ...) into the tmpfs /dev: in a user
-    namespace mknod is refused, and binding the host's node is what Docker rootless does."""
-    name: str
+class BindMount:
+    """A host path (a -v volume, /sys, a device node) bound onto ``dest`` inside the root,
+    recursively unless ``recursive`` is false; ``readonly`` covers every submount."""
+    source: str
+    dest: str
+    readonly: bool = False
+    recursive: bool = True
+    why: str = ""
 
-
-@dataclass(frozen=True, slots=True)
-class MountDevpts:
-    """A new devpts instance, so the container's ptys are its own; ``gid=5`` only when the
-    tty group is mapped (under a single-id map the kernel refuses an unmapped gid)."""
-    dest: str = "/dev/pts"
-    tty_gid: int | None = None
+    def __post_init__(self) -> None:
+        _absolute(self.dest)
 
 
 @dataclass(frozen=True, slots=True)
 class Symlink:
-    """A symlink in the new /dev (ptmx -> pts/ptmx, fd -> /proc/self/fd, ...)."""
+    """A symlink inside the root (/dev/ptmx -> pts/ptmx, /dev/fd -> /proc/self/fd, ...)."""
     target: str
     dest: str
 
 
 @dataclass(frozen=True, slots=True)
 class WriteFile:
-    """Write a generated file (hosts, hostname, resolv.conf) into the container's tree
+    """A generated file (hosts, hostname, resolv.conf) written into the container's tree
     before any read-only remount; a symlink there is replaced, never followed."""
     dest: str
     content: str
@@ -111,20 +95,11 @@ class WriteFile:
 
 
 @dataclass(frozen=True, slots=True)
-class BindMount:
-    """Bind a host path (a -v volume) onto a path inside the container."""
-    source: str
-    dest: str
-    readonly: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class ReadOnlyRoot:
     """--read-only: make the root mount read-only last, after every mount point exists."""
 
 
-Step = (MakeRprivate | MountRoot | MountProc | MountSysfs | BindSys | Tmpfs | BindDevice
-        | MountDevpts | Symlink | WriteFile | BindMount | ReadOnlyRoot)
+Step = MakeRprivate | MountRoot | Mount | BindMount | Symlink | WriteFile | ReadOnlyRoot
 
 
 def _fdpath(fd: int) -> str:
@@ -249,25 +224,21 @@ def _bind(root_fd: int, step: BindMount) -> None:
     src = os.open(step.source, libc.O_PATH | os.O_CLOEXEC)
     try:
         is_dir = os.path.isdir(_fdpath(src))
-        _mount_at(root_fd, step.dest, _fdpath(src), None, libc.MS_BIND | libc.MS_REC, None,
-                  is_dir=is_dir, step=f"bind {step.source} -> {step.dest}")
+        flags = libc.MS_BIND | (libc.MS_REC if step.recursive else 0)
+        _mount_at(root_fd, step.dest, _fdpath(src), None, flags, None, is_dir=is_dir,
+                  step=f"bind {step.source} -> {step.dest}")
     finally:
         os.close(src)
     if step.readonly:
-        _set_readonly(root_fd, step.dest, recursive=True)
+        _set_readonly(root_fd, step.dest, recursive=step.recursive)
 
 
 def _apply_root(step: MountRoot, warn: Callable[[str], None]) -> None:
-    if step.upper is None:
-        libc.mount(step.lower, step.target, None, libc.MS_BIND | libc.MS_REC,
-                   step="bind rootfs")
-        return
     # userxattr: we always mount from inside a user namespace, where trusted.* is refused.
     data = f"lowerdir={step.lower},upperdir={step.upper},workdir={step.work},userxattr"
     try:
         libc.mount("overlay", step.target, "overlay", 0, data, step="mount overlay root")
     except OSError as e:
-        # No overlayfs here (old kernel, unsupported upper fs): a private copy instead.
         warn(f"overlayfs unavailable ({e.strerror}); using a private copy of the rootfs")
         import shutil
         shutil.copytree(step.lower, step.upper, symlinks=True, dirs_exist_ok=True)
@@ -290,28 +261,9 @@ def apply(plan: tuple[Step, ...], root: str, *,
             case MountRoot():
                 _apply_root(step, warn)
                 root_fd = os.open(root, libc.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            case MountProc():
-                _mount_at(root_fd, step.dest, "proc", "proc",
-                          libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, None,
-                          step="mount /proc")
-            case MountSysfs():
-                _mount_at(root_fd, step.dest, "sysfs", "sysfs", libc.MS_RDONLY | libc.MS_NOSUID
-                          | libc.MS_NODEV | libc.MS_NOEXEC, None, step="mount /sys")
-            case BindSys():
-                _mount_at(root_fd, step.dest, "/sys", None, libc.MS_BIND | libc.MS_REC, None,
-                          step="bind /sys")
-                _set_readonly(root_fd, step.dest, recursive=True)
-            case Tmpfs():
-                _mount_at(root_fd, step.dest, "tmpfs", "tmpfs", step.flags,
-                          f"mode={step.mode:o}", step=f"mount tmpfs {step.dest}")
-            case BindDevice():
-                _mount_at(root_fd, f"/dev/{step.name}", f"/dev/{step.name}", None, libc.MS_BIND,
-                          None, is_dir=False, step=f"bind /dev/{step.name}")
-            case MountDevpts():
-                gid = "" if step.tty_gid is None else f",gid={step.tty_gid}"
-                _mount_at(root_fd, step.dest, "devpts", "devpts",
-                          libc.MS_NOSUID | libc.MS_NOEXEC,
-                          f"newinstance,ptmxmode=0666,mode=620{gid}", step="mount /dev/pts")
+            case Mount():
+                _mount_at(root_fd, step.dest, step.fstype, step.fstype, step.flags, step.data,
+                          step=f"mount {step.fstype} on {step.dest}")
             case Symlink():
                 _symlink(root_fd, step)
             case WriteFile():
