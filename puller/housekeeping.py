@@ -22,24 +22,45 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
 import stat
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-from .errors import PullerError
-from .manifest import (INDEX_TYPES, MANIFEST_TYPES, MAX_MANIFEST_SIZE, REGISTRY_DIGEST,
-                       Descriptor, Index, Manifest, parse)
+from .errors import CacheError, PullerError
+from .manifest import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_MANIFEST_SIZE,
+    REGISTRY_DIGEST,
+    Descriptor,
+    Index,
+    Manifest,
+    parse,
+)
 from .store import RefEntry, Store
 
 log = logging.getLogger("puller.housekeeping")
 
-__all__ = ["prune", "du", "verify", "reachable", "Graph", "PruneReport", "Removal",
-           "DiskUsage", "ImageUsage", "VerifyReport", "BadBlob", "remove_tree"]
+__all__ = [
+    "BadBlob",
+    "DiskUsage",
+    "Graph",
+    "ImageUsage",
+    "PruneReport",
+    "Removal",
+    "VerifyReport",
+    "du",
+    "prune",
+    "reachable",
+    "remove_tree",
+    "verify",
+]
 
 TMP_GRACE = 3600.0   # seconds: a tmp/ file younger than this may belong to a running write
 _CHUNK = 1 << 20
@@ -60,6 +81,7 @@ class Graph:
     twins: dict[str, str] = field(default_factory=dict)
     images: dict[str, set[str]] = field(default_factory=dict)   # image key -> ref names
     repos: dict[str, set[str]] = field(default_factory=dict)    # blob -> "registry/repo" users
+    damaged: set[str] = field(default_factory=set)  # reachable manifests that do not parse
 
     def rootfs_hexes(self) -> set[str]:
         """Unpacked rootfs are named after the local manifest digest: keep reachable ones."""
@@ -94,6 +116,8 @@ def _walk(store: Store, graph: Graph, desc: Descriptor, key: str, repo: str | No
         if seen or not _looks_like_manifest(d) or not store.has_blob(d.digest):
             continue
         m = _parse_cached(store, d.digest)
+        if m is None and d.media_type in MANIFEST_TYPES + INDEX_TYPES:
+            graph.damaged.add(d.digest)
         if isinstance(m, Manifest):
             graph.blobs[d.digest] = Descriptor(m.media_type, d.digest, len(m.raw), d.platform,
                                                d.annotations)
@@ -193,41 +217,10 @@ def reachable(store: Store) -> Graph:
 # --- removing trees ------------------------------------------------------------------
 
 def remove_tree(path: Path) -> None:
-    """Remove ``path`` (0000 files, 0555 dirs and all), never following a symlink."""
-    try:
-        from .layer.applier import remove_tree as applier_remove_tree
-    except ImportError:  # pragma: no cover - the applier ships with the package
-        applier_remove_tree = None
-    if applier_remove_tree is not None:
-        applier_remove_tree(path)
-        return
-    _remove_tree_fallback(path)  # pragma: no cover
-
-
-def _remove_tree_fallback(path: Path) -> None:  # pragma: no cover - see remove_tree
-    pfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        _rm_at(pfd, path.name)
-    finally:
-        os.close(pfd)
-
-
-def _rm_at(pfd: int, name: str) -> None:  # pragma: no cover - see remove_tree
-    try:
-        st = os.lstat(name, dir_fd=pfd)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=pfd)
-        return
-    os.chmod(name, 0o700, dir_fd=pfd)
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-    try:
-        for child in os.listdir(fd):
-            _rm_at(fd, child)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=pfd)
+    """Remove ``path`` (0000 files, 0555 dirs and all), never following a symlink: the
+    applier's fd-relative remover, which ``unpack --force`` uses too."""
+    from .layer.applier import remove_tree as applier_remove_tree
+    applier_remove_tree(path)
 
 
 # --- prune ---------------------------------------------------------------------------
@@ -270,6 +263,10 @@ def prune(store: Store, *, dry_run: bool = False, progress: Emit | None = None) 
         return PruneReport((), dry_run)
     with store.gc_lock(shared=False):
         graph = reachable(store)
+        if graph.damaged:
+            raise CacheError(f"refusing to prune: cached manifest {min(graph.damaged)} is damaged, so "
+                             "what it names cannot be told apart from garbage; run "
+                             "'puller verify --repair' first")
         found = [*_prune_blobs(store, graph), *_prune_partials(store, graph),
                  *_prune_tmp(store), *_prune_meta(store, graph), *_prune_rootfs(store, graph)]
         done = []
@@ -491,8 +488,7 @@ def verify(store: Store, *, repair: bool = False, options=None,
             if reason is not None:
                 bad.append(BadBlob(digest, reason))
         if repair and bad:
-            graph = reachable(store)
-            bad = [_repair(store, graph, b, options, emit) for b in bad]
+            bad = _repair_all(store, bad, options, emit)
     return VerifyReport(len(digests), tuple(bad))
 
 
@@ -506,18 +502,50 @@ def _valid_digests(store: Store) -> Iterable[str]:
         yield digest
 
 
+def _repair_all(store: Store, bad: list[BadBlob], options, emit: Emit) -> list[BadBlob]:
+    """Repair in passes: registry blobs before the local twins derived from them, and a
+    repaired manifest makes what it names reachable (so repairable) in the next pass."""
+    done: dict[str, BadBlob] = {}
+    pending = list(bad)
+    while pending:
+        unresolved = {b.digest for b in pending}
+        graph = reachable(store)
+        later = []
+        for b in sorted(pending, key=lambda b: b.digest in graph.twins):
+            graph = reachable(store)  # afresh: an earlier repair may have widened it
+            source = graph.twins.get(b.digest)
+            if b.digest not in graph.blobs or (source is not None and source in unresolved):
+                later.append(b)
+                continue
+            done[b.digest] = _repair(store, graph, b, options, emit)
+            unresolved.discard(b.digest)
+        if len(later) == len(pending):
+            break
+        pending = later
+    graph = reachable(store)
+    for b in pending:
+        note = ("no cached image uses it; 'puller prune' removes it" if b.digest not in graph.blobs
+                else f"cannot be repaired: it is derived from {graph.twins.get(b.digest)}, "
+                     "which is damaged too")
+        done[b.digest] = BadBlob(b.digest, b.reason, False, note)
+    return [done[b.digest] for b in bad]
+
+
 def _repair(store: Store, graph: Graph, b: BadBlob, options, emit: Emit) -> BadBlob:
     """Delete the bad blob, then rebuild it locally (an OCI twin) or fetch it again."""
     desc = graph.blobs.get(b.digest)
     if desc is None:
         return BadBlob(b.digest, b.reason, False, "no cached image uses it; 'puller prune' removes it")
-    with store.lock_blob(b.digest):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(store.blob_path(b.digest))
+    with store.lock_blob(b.digest), contextlib.suppress(FileNotFoundError):
+        os.unlink(store.blob_path(b.digest))
     errors: list[str] = []
-    if b.digest in graph.twins and _rebuild_twin(store, b.digest, graph.twins[b.digest]):
-        emit({"event": "repaired", "digest": b.digest, "how": "rebuilt"})
-        return BadBlob(b.digest, b.reason, True, "rebuilt from the registry's manifest")
+    if b.digest in graph.twins:
+        how = _rebuild_twin(store, b.digest, graph.twins[b.digest])
+        if how:
+            emit({"event": "repaired", "digest": b.digest, "how": "rebuilt"})
+            return BadBlob(b.digest, b.reason, True, how)
+        return BadBlob(b.digest, b.reason, False, "cannot be repaired: it exists only in this "
+                       "cache and cannot be derived again; 'puller rmi' and pull the image again")
     for repo in sorted(graph.repos.get(b.digest, ())):
         try:
             _refetch(store, repo, desc, options, emit)
@@ -530,28 +558,54 @@ def _repair(store: Store, graph: Graph, b: BadBlob, options, emit: Emit) -> BadB
     return BadBlob(b.digest, b.reason, False, f"cannot be repaired: {why}")
 
 
-def _rebuild_twin(store: Store, twin: str, original: str) -> bool:
-    """An OCI twin is derived from the registry's manifest: derive it again."""
+def _rebuild_twin(store: Store, twin: str, original: str) -> str:
+    """An OCI twin is derived from the registry's manifest: derive it again. Returns how
+    it was repaired, or "" when it could not be."""
     m = _parse_cached(store, original) if store.has_blob(original) else None
-    if not isinstance(m, Manifest):
-        return False
-    oci = m.to_oci()
-    if oci.digest != twin:
-        return False
-    store.put_bytes(oci.raw, twin)
-    return True
+    if isinstance(m, Manifest):
+        oci = m.to_oci()
+        if oci.digest != twin:
+            return ""
+        store.put_bytes(oci.raw, twin)
+        return "rebuilt from the registry's manifest"
+    if isinstance(m, Index):
+        return _rebuild_index(store, twin, m)
+    return ""
 
 
-class _Count:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def add(self, k: int) -> None:
-        self.n += k
+def _rebuild_index(store: Store, local: str, original: Index) -> str:
+    """The local index of a Docker manifest list lists the OCI twins of the platforms that
+    were pulled, in the order they were pulled: find that order again; failing that, point
+    the refs at a new local index of the platforms present."""
+    from .manifest import OCI_MANIFEST
+    children = []
+    for c in original.images():
+        m = _parse_cached(store, c.digest) if store.has_blob(c.digest) else None
+        if isinstance(m, Manifest) and store.has_blob(m.to_oci().digest):
+            oci = m.to_oci()
+            ann = ((REGISTRY_DIGEST, m.digest),) if oci.digest != m.digest else ()
+            children.append(Descriptor(OCI_MANIFEST, oci.digest, len(oci.raw), c.platform, ann))
+    if not children:
+        return ""
+    if len(children) <= 6:
+        for order in itertools.permutations(children):
+            candidate = original.with_children(list(order))
+            if candidate.digest == local:
+                store.put_bytes(candidate.raw, local)
+                return "rebuilt from the registry's index and the platforms present"
+    new = original.with_children(children)
+    store.put_bytes(new.raw, new.digest)
+    desc = Descriptor(new.media_type, new.digest, len(new.raw),
+                      annotations=((REGISTRY_DIGEST, original.digest),))
+    for entry in store.refs():
+        if entry.descriptor.digest == local:
+            store.set_ref(entry.name, desc, registry_digest=entry.registry_digest,
+                          registry_media_type=entry.registry_media_type)
+    return f"its refs now use a rebuilt local index {new.digest}"
 
 
 def _refetch(store: Store, repo_path: str, desc: Descriptor, options, emit: Emit) -> None:
-    from .pull import fetch_blob
+    from .pull import _Counter, fetch_blob
     from .registry import Registry, RegistryOptions
     registry, _, repo = repo_path.partition("/")
     reg = Registry(registry, options or RegistryOptions.build(), on_event=emit)
@@ -564,4 +618,4 @@ def _refetch(store: Store, repo_path: str, desc: Descriptor, options, emit: Emit
         else:
             store.put_bytes(m.raw, desc.digest)
             return
-    fetch_blob(reg, store, repo, desc, emit, _Count())
+    fetch_blob(reg, store, repo, desc, emit, _Counter())

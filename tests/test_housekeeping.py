@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import cli
+from puller.errors import CacheError
 from puller.housekeeping import TMP_GRACE, du, prune, reachable, verify
 from puller.image import lookup_ref, resolve
 from puller.platform import Platform
@@ -142,27 +143,36 @@ def _flip_byte(path: Path) -> None:
 def test_verify_names_a_corrupt_blob_and_repair_fetches_it(registry, cache_dir):
     ref = f"{registry.host}/library/alpine:3.10"
     _pull(ref, cache_dir)
+    pull(parse_ref(ref), store=Store(cache_dir), platform=Platform("linux", "arm64"), options=OPTS)
     store = Store(cache_dir)
-    layer = _image(store, ref).manifest.layers[0].digest
-    twin = _image(store, ref).local_digest
+    entry = lookup_ref(store, parse_ref(ref))
+    img = resolve(store, entry, AMD64)
+    layer, twin = img.manifest.layers[0].digest, img.local_digest
+    local_index, registry_index = entry.descriptor.digest, entry.registry_digest
+    assert local_index != registry_index
     assert cli.run("verify", "--cache", str(cache_dir)).returncode == 0
-    _flip_byte(store.blob_path(layer))
-    _flip_byte(store.blob_path(twin))
     orphan = store.put_bytes(b"nobody uses me")
-    _flip_byte(store.blob_path(orphan))
+    broken = {layer, twin, local_index, registry_index, orphan}
+    for digest in broken:
+        _flip_byte(store.blob_path(digest))
 
     out = cli.run("verify", "--cache", str(cache_dir))
     assert out.returncode == 1
-    assert {line.split()[1].rstrip(":") for line in out.stdout.splitlines()} == {layer, twin, orphan}
+    assert {line.split()[1].rstrip(":") for line in out.stdout.splitlines()} == broken
+    with pytest.raises(CacheError, match="verify --repair"):
+        prune(store)  # a damaged index hides what it names: nothing is deleted
+    assert set(store.iter_blobs()) >= broken
 
     out = cli.run("verify", "--repair", "--json", "--cache", str(cache_dir))
     doc = json.loads(out.stdout)
-    assert out.returncode == 1  # the orphan cannot be repaired
-    state = {b["digest"]: b["repaired"] for b in doc["bad"]}
-    assert state == {layer: True, twin: True, orphan: False}
+    assert out.returncode == 1, doc  # the orphan cannot be repaired
+    assert {b["digest"]: b["repaired"] for b in doc["bad"]} == {d: d != orphan for d in broken}
+    assert lookup_ref(store, parse_ref(ref)).descriptor.digest == local_index  # rebuilt exactly
     prune(store)
     assert verify(store).ok and verify(store).bad == ()
     assert cli.run("verify", "--cache", str(cache_dir)).returncode == 0
+    for plat in (AMD64, Platform("linux", "arm64")):
+        assert resolve(store, lookup_ref(store, parse_ref(ref)), plat) is not None
 
 
 def test_pulls_racing_prunes_leave_a_sound_cache(registry, cache_dir):
