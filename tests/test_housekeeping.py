@@ -96,13 +96,18 @@ def test_prune_removes_only_what_nothing_reaches(two_images):
     assert prune(store).removed == ()  # nothing left to do
 
 
-def test_kept_container_pins_its_image(two_images):
+@pytest.mark.parametrize("record", ["image-file", "rootfs-field"])
+def test_kept_container_pins_its_image(two_images, record):
     store, _a, _image_a, image_b, img_b = two_images
     box = store.containers_dir / "box"
     box.mkdir(parents=True)
-    (box / "container.json").write_text(json.dumps({"name": "box", "image": "gone:1"}))
-    (box / "image").write_text(img_b.local_digest + "\n")
     rootfs = _fake_rootfs(store, img_b.local_digest.split(":")[1])
+    meta = {"name": "box", "image": "gone:1"}
+    if record == "image-file":
+        (box / "image").write_text(img_b.local_digest + "\n")
+    else:
+        meta["rootfs"] = str(rootfs)
+    (box / "container.json").write_text(json.dumps(meta))
     before = _blobs_on_disk(store)
     report = prune(store)
     # the pin is the local manifest: it keeps what a run needs, and only the registry's own
@@ -111,7 +116,10 @@ def test_kept_container_pins_its_image(two_images):
     assert rootfs.is_dir()
     assert _blobs_on_disk(store) == before - {image_b.digest}
     assert {image_b.layer_digests[1], img_b.local_digest, img_b.manifest.config.digest} <= before
-    (box / "image").unlink()
+    if record == "image-file":
+        (box / "image").unlink()
+    else:
+        (box / "container.json").write_text(json.dumps({"name": "box", "image": "gone:1"}))
     assert prune(store).count("blob") == 3 and not rootfs.exists()
 
 

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from .common import (CacheOpt, InsecureOpt, JobsOpt, JsonOpt, MirrorOpt, OfflineOpt,
-                     PlatformOpt, ProgressOpt, QuietOpt, VerboseOpt, handle_errors,
-                     offline_default, open_store, progress_for, registry_options)
+from .common import (
+    CacheOpt,
+    InsecureOpt,
+    JobsOpt,
+    JsonOpt,
+    MirrorOpt,
+    OfflineOpt,
+    PlatformOpt,
+    ProgressOpt,
+    QuietOpt,
+    VerboseOpt,
+    handle_errors,
+    offline_default,
+    open_store,
+    progress_for,
+    registry_options,
+)
 from .output import emit_json, human_size
 
 
@@ -29,7 +42,7 @@ def _say(quiet: bool, text: str) -> None:
 
 @handle_errors
 def push_cmd(source: str = typer.Argument(..., metavar="SRC"),
-             dest: Optional[str] = typer.Argument(None, metavar="[DST]",
+             dest: str | None = typer.Argument(None, metavar="[DST]",
                                                   help="Where to push (default: SRC's own name)."),
              present_only: bool = typer.Option(False, "--present-only",
                                                help="Push an index of the platforms in the cache only (a new digest)."),
@@ -44,9 +57,17 @@ def push_cmd(source: str = typer.Argument(..., metavar="SRC"),
     src = parse(source)
     dst = parse(dest) if dest else src
     prog = progress_for(quiet, progress, verbose)
+    lines = not quiet and (progress == "plain" or verbose)
+
+    def on_event(e: dict) -> None:
+        prog(e)  # pulls and fetches of missing entries draw as in 'puller pull'
+        if lines and e.get("event") == "push-blob":
+            _say(False, f"{e['digest'][:19]}: {e['action']} ({human_size(e.get('size'))})")
+        elif lines and e.get("event") == "push-manifest":
+            _say(False, f"manifest {e['digest'][:19]} pushed as {e['ident']}")
     try:
         result = push(open_store(cache), src, dst, options=registry_options(registry_mirror, insecure_registry),
-                      progress=prog, offline=offline_default(offline), present_only=present_only,
+                      progress=on_event, offline=offline_default(offline), present_only=present_only,
                       chunked=chunked, chunk_size=chunk_size)
     finally:
         prog.close()
@@ -62,9 +83,9 @@ def push_cmd(source: str = typer.Argument(..., metavar="SRC"),
 
 
 @handle_errors
-def sync_cmd(images: Optional[list[str]] = typer.Argument(None, metavar="[IMAGE...]"),
-             list_file: Optional[Path] = typer.Option(None, "--list", metavar="FILE",
-                                                      help="A file of references, one a line ('#' comments)."),
+def sync_cmd(images: list[str] | None = typer.Argument(None, metavar="[IMAGE...]"),
+             list_file: Path | None = typer.Option(None, "--list", metavar="FILE",
+                                                      help="A file of references, one a line ('#' comments); '-' reads stdin."),
              directory: Path = typer.Option(..., "--dir", metavar="DIR", help="The target OCI layout (a puller cache)."),
              all_platforms: bool = typer.Option(False, "--all-platforms", help="Every platform of each index."),
              platform: PlatformOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False,
@@ -75,7 +96,12 @@ def sync_cmd(images: Optional[list[str]] = typer.Argument(None, metavar="[IMAGE.
     from ..sync import read_list, sync
     if all_platforms and platform:
         raise UsageError("give either --platform or --all-platforms, not both")
-    refs = [*(read_list(list_file) if list_file else []), *(images or [])]
+    if list_file == Path("-"):
+        listed = [line.split("#", 1)[0].strip() for line in sys.stdin]
+        listed = [line for line in listed if line]
+    else:
+        listed = read_list(list_file) if list_file else []
+    refs = [*listed, *(images or [])]
     prog = progress_for(quiet, progress, verbose)
     try:
         result = sync(refs, directory, all_platforms=all_platforms,
