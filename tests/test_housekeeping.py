@@ -12,7 +12,7 @@ import pytest
 from fixtures import cli
 from puller.errors import CacheError
 from puller.housekeeping import TMP_GRACE, du, prune, reachable, verify
-from puller.image import lookup_ref, resolve
+from puller.image import ensure_rootfs, lookup_ref, resolve
 from puller.platform import Platform
 from puller.pull import pull
 from puller.reference import parse as parse_ref
@@ -64,7 +64,14 @@ def two_images(registry, cache_dir):
 def test_prune_removes_only_what_nothing_reaches(two_images):
     store, a, image_a, image_b, img_b = two_images
     kept_rootfs = _fake_rootfs(store, _image(store, a).local_digest.split(":")[1])
-    gone_rootfs = _fake_rootfs(store, img_b.local_digest.split(":")[1])
+    gone_rootfs, _ = ensure_rootfs(store, img_b)  # a real unpack of the untagged image
+    assert (gone_rootfs / "own-b.txt").read_text() == "b\n"
+    (gone_rootfs / "ro").mkdir()
+    (gone_rootfs / "ro" / "locked").write_text("x")
+    os.chmod(gone_rootfs / "ro" / "locked", 0)
+    os.chmod(gone_rootfs / "ro", 0o555)
+    (store.root / "rootless").mkdir(exist_ok=True)
+    (store.root / "rootless" / f"{gone_rootfs.name}.json").write_text("{}")  # as a rootless unpack
     partial = store.partial_path("sha256:" + "1" * 64)
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_bytes(b"half")
@@ -76,6 +83,8 @@ def test_prune_removes_only_what_nothing_reaches(two_images):
     store.set_meta(image_a.layer_digests[1], uncompressed=1)
 
     before = _blobs_on_disk(store)
+    out = cli.run("prune", "--dry-run", "--cache", str(store.root))
+    assert out.returncode == 0 and out.stdout.count("would remove blob ") == 4, out.stderr
     preview = prune(store, dry_run=True)
     assert _blobs_on_disk(store) == before and gone_rootfs.is_dir() and partial.exists()
     only_b = {image_b.layer_digests[1], image_b.digest, img_b.local_digest,
