@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
 from puller.errors import DigestMismatch, UnpackError
-from puller.layer.applier import Applier, Skipped, remove_tree
+from puller.layer.applier import Applier, LayerStats, Skipped, remove_tree
 from puller.layer.reader import LayerReader, Limits
 
 __all__ = ["unpack", "UnpackResult", "UnpackEvent", "Limits", "RECORD_VERSION"]
@@ -102,27 +102,35 @@ def _apply_all(root: Path, layers: Sequence[Callable[[], BinaryIO]], diff_ids: S
                ) -> tuple[Applier, int, int]:
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        applier = Applier(root_fd, limits=limits)
-        total = entries = 0
-        for i, (open_layer, want) in enumerate(zip(layers, diff_ids)):
-            algorithm = want.partition(":")[0] if ":" in want else "sha256"
-            if progress:
-                progress(UnpackEvent("layer-start", i, len(layers)))
-            with open_layer() as stream:
-                reader = LayerReader(stream, digest_algorithm=algorithm,
-                                     limits=replace(limits, max_bytes=limits.max_bytes - total))
-                stats = applier.apply(reader)
-            if stats.diff_id != want:
-                raise DigestMismatch(f"layer {i + 1}/{len(layers)}: uncompressed content "
-                                     f"hashes to {stats.diff_id}, the config says {want}")
-            total += stats.bytes
-            entries += stats.entries
-            if progress:
-                progress(UnpackEvent("layer-done", i, len(layers), stats.entries, stats.bytes,
-                                     stats.diff_id, stats.compression))
+        with Applier(root_fd, limits=limits) as applier:
+            total = entries = 0
+            for i, (open_layer, want) in enumerate(zip(layers, diff_ids)):
+                stats = _apply_one(applier, i, open_layer, want, len(layers),
+                                   replace(limits, max_bytes=limits.max_bytes - total),
+                                   progress)
+                total += stats.bytes
+                entries += stats.entries
         return applier, total, entries
     finally:
         os.close(root_fd)
+
+
+def _apply_one(applier: Applier, i: int, open_layer: Callable[[], BinaryIO], want: str,
+               count: int, limits: Limits, progress: Callable[[UnpackEvent], None] | None
+               ) -> LayerStats:
+    """Apply layer ``i`` and check its DiffID (the stream is read to its very end)."""
+    algorithm = want.partition(":")[0] if ":" in want else "sha256"
+    if progress:
+        progress(UnpackEvent("layer-start", i, count))
+    with open_layer() as stream:
+        stats = applier.apply(LayerReader(stream, digest_algorithm=algorithm, limits=limits))
+    if stats.diff_id != want:
+        raise DigestMismatch(f"layer {i + 1}/{count}: uncompressed content hashes to "
+                             f"{stats.diff_id}, the config says {want}")
+    if progress:
+        progress(UnpackEvent("layer-done", i, count, stats.entries, stats.bytes,
+                             stats.diff_id, stats.compression))
+    return stats
 
 
 def _check_dest(dest: Path, force: bool) -> None:
