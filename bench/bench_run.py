@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 def _time(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True)
+    done = subprocess.run(cmd, check=False, env=env, stdin=subprocess.DEVNULL, capture_output=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({done.returncode}): {done.stderr.decode()[-500:]}")

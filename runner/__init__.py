@@ -7,7 +7,7 @@ containers via :mod:`runner.containers`. Everything else is the setup machinery:
 """
 from __future__ import annotations
 
-from runner.limits import Limits
 from runner.container import RunSpec, Volume, run
+from runner.limits import Limits
 
-__all__ = ["RunSpec", "Volume", "Limits", "run"]
+__all__ = ["Limits", "RunSpec", "Volume", "run"]

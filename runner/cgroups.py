@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from puller.errors import RunError
 from runner.limits import Limits
 
-__all__ = ["Limits", "Cgroup", "create", "remove"]
+__all__ = ["Cgroup", "Limits", "create", "remove"]
 
 _V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
                    "blkio", "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"}
@@ -38,7 +38,8 @@ class Cgroup:
 
 def _mounts() -> tuple[tuple[str, str] | None, dict[str, tuple[str, str]]]:
     """(v2 mount point, mount root) and {v1 controller: (mount point, mount root)}."""
-    v2, v1 = None, {}
+    v2: tuple[str, str] | None = None
+    v1: dict[str, tuple[str, str]] = {}
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
@@ -133,7 +134,7 @@ def _v1(v1: dict[str, tuple[str, str]], own: dict[str, str], name: str,
                 _write(f"{path}/memory.limit_in_bytes", str(limits.memory))
                 if os.path.exists(f"{path}/memory.memsw.limit_in_bytes"):
                     _write(f"{path}/memory.memsw.limit_in_bytes", str(limits.memory))
-            elif ctrl == "cpu":
+            elif ctrl == "cpu" and limits.cpus is not None:
                 _write(f"{path}/cpu.cfs_period_us", str(CFS_PERIOD))
                 _write(f"{path}/cpu.cfs_quota_us", str(int(limits.cpus * CFS_PERIOD)))
             elif ctrl == "pids":

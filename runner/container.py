@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 from puller.errors import RunError, UsageError
 from runner import namespace, steps, userns
-from runner.limits import Limits
 from runner.init import Forwarder
+from runner.limits import Limits
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["RunSpec", "Volume", "run", "NETWORKS"]
+__all__ = ["NETWORKS", "RunSpec", "Volume", "run"]
 
 NETWORKS = ("host", "none")
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
@@ -159,7 +159,11 @@ def run(spec: RunSpec) -> int:
         raise RunError(f"rootfs {spec.rootfs} is not a directory", exit_code=125)
     volumes = _volumes(spec)
     _check_threads()
-    tmp, upper, work, named = _make_dirs(spec, cid)
+    try:
+        tmp, upper, work, named = _make_dirs(spec, cid)
+    except OSError as e:
+        raise RunError(f"cannot create the container's directories: {e.strerror}: "
+                       f"{e.filename}", exit_code=125) from None
     cgroup = None
     status: int | None = None
     try:
@@ -188,6 +192,7 @@ def run(spec: RunSpec) -> int:
             namespace.remove_tree(tmp)
         if named is not None:
             from pathlib import Path
+
             from runner.containers import mark_exited
             mark_exited(Path(named), status)
 
@@ -257,6 +262,7 @@ def _serve(report_r: int, go_w: int, pid: int, mapping: userns.Mapping,
 
 def _relay(sock: object) -> None:
     import socket
+
     from runner.tty import relay
     assert isinstance(sock, socket.socket)
     try:

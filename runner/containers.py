@@ -13,11 +13,17 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from puller.errors import RunError, UsageError
 
-__all__ = ["ContainerInfo", "create_container", "mark_exited", "list_containers",
-           "remove_container"]
+__all__ = [
+    "ContainerInfo",
+    "create_container",
+    "list_containers",
+    "mark_exited",
+    "remove_container",
+]
 
 META = "container.json"
 
@@ -52,15 +58,16 @@ def create_container(containers_dir: Path, name: str, cid: str, spec: object) ->
     return path
 
 
-def _write_meta(path: Path, meta: dict) -> None:
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
     tmp = path / (META + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, path / META)
 
 
-def _read_meta(path: Path) -> dict:
+def _read_meta(path: Path) -> dict[str, Any]:
     try:
-        return json.loads((path / META).read_text())
+        meta = json.loads((path / META).read_text())
+        return meta if isinstance(meta, dict) else {}
     except (OSError, ValueError):
         return {}
 
@@ -85,7 +92,7 @@ def _alive(pid: object) -> bool:
     return True
 
 
-def _status(meta: dict) -> str:
+def _status(meta: dict[str, Any]) -> str:
     if meta.get("status") == "running":
         return "running" if _alive(meta.get("pid")) else "dead"
     code = meta.get("exit_code")

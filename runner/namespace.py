@@ -25,7 +25,7 @@ from runner import libc, steps
 from runner.process import Identity, lookup_user
 from runner.userns import Mapping, write_self_map
 
-__all__ = ["Launch", "Channels", "keeper", "build_plan", "remove_tree", "DEFAULT_CAPS"]
+__all__ = ["DEFAULT_CAPS", "Channels", "Launch", "build_plan", "keeper", "remove_tree"]
 
 # Docker's default capability set (moby oci/caps/defaults.go), by number.
 DEFAULT_CAPS = (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31)
@@ -85,6 +85,11 @@ def _fail(ch: Channels, code: int, message: str) -> None:
         os._exit(code)
 
 
+def _describe(e: OSError) -> str:
+    text = e.strerror or str(e)
+    return text if e.filename is None else f"{text}: {e.filename}"
+
+
 def _die_with_parent() -> None:
     """PR_SET_PDEATHSIG: if our parent dies, we get SIGKILL (and PID 1 takes the rest)."""
     parent = os.getppid()
@@ -100,7 +105,7 @@ def keeper(launch: Launch, ch: Channels) -> None:
     except SetupError as e:
         _fail(ch, e.code, str(e))
     except OSError as e:
-        _fail(ch, 125, e.strerror if e.filename is None else f"{e.strerror}: {e.filename}")
+        _fail(ch, 125, _describe(e))
     except BaseException as e:  # noqa: BLE001 - a fork must never unwind into the runner
         _fail(ch, 125, f"{type(e).__name__}: {e}")
 
@@ -186,7 +191,7 @@ def container_init(launch: Launch, ch: Channels) -> None:
     except SetupError as e:
         _fail(ch, e.code, str(e))
     except OSError as e:
-        _fail(ch, 125, e.strerror if e.filename is None else f"{e.strerror}: {e.filename}")
+        _fail(ch, 125, _describe(e))
     except BaseException as e:  # noqa: BLE001
         _fail(ch, 125, f"{type(e).__name__}: {e}")
     os._exit(125)
@@ -213,7 +218,8 @@ def _container(launch: Launch, ch: Channels) -> None:
         _loopback_up()
     if launch.tty:
         # After pivot_root the host's Python library is gone: import what the pty needs now.
-        import array, fcntl, socket  # noqa: E401, F401
+        for module in ("array", "fcntl", "socket"):
+            __import__(module)
     _pivot(root_fd, ch)
     # Our own hostname, in our own UTS namespace.
     libc.sethostname(launch.hostname)

@@ -9,10 +9,11 @@ string names (``name``, ``uid``, ``name:group``, ``uid:gid``, looked up in the i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from puller.errors import RunError
 
-__all__ = ["DEFAULT_PATH", "Identity", "resolve_argv", "merge_env", "lookup_user", "parse_env_file"]
+__all__ = ["DEFAULT_PATH", "Identity", "lookup_user", "merge_env", "parse_env_file", "resolve_argv"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -35,10 +36,11 @@ def _as_list(value: object) -> list[str]:
         return []
     if isinstance(value, str):  # Docker's "shell form" in a config is already ["sh","-c",..]
         return [value]
-    return [str(v) for v in value]  # type: ignore[union-attr]
+    assert isinstance(value, (list, tuple)), f"expected a list, not {value!r}"
+    return [str(v) for v in value]
 
 
-def resolve_argv(config: dict, command: tuple[str, ...] = (), entrypoint: str | None = None
+def resolve_argv(config: dict[str, Any], command: tuple[str, ...] = (), entrypoint: str | None = None
                  ) -> tuple[str, ...]:
     """Entrypoint + Cmd as Docker builds them; raises RunError(125) if nothing is left."""
     if entrypoint is not None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import posixpath
+from typing import Any
 
 from runner import libc
 from runner.steps import open_in_root
@@ -39,7 +40,7 @@ def apply_sidecar(root_fd: int, path: str) -> int:
     return done
 
 
-def _apply_entry(root_fd: int, entry: dict) -> bool:
+def _apply_entry(root_fd: int, entry: dict[str, Any]) -> bool:
     name = posixpath.normpath(entry["path"])
     if not name.startswith("/") or name == "/":
         return False

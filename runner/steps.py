@@ -21,8 +21,18 @@ from runner import libc
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["MakeRprivate", "MountRoot", "Mount", "BindMount", "Symlink", "WriteFile",
-           "ReadOnlyRoot", "Step", "apply", "open_in_root"]
+__all__ = [
+    "BindMount",
+    "MakeRprivate",
+    "Mount",
+    "MountRoot",
+    "ReadOnlyRoot",
+    "Step",
+    "Symlink",
+    "WriteFile",
+    "apply",
+    "open_in_root",
+]
 
 _RESOLVE = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
 _MAX_LINKS = 40

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from puller.errors import RunError
 
-__all__ = ["Mapping", "choose", "write_self_map", "write_parent_map"]
+__all__ = ["Mapping", "choose", "write_parent_map", "write_self_map"]
 
 _HELPERS = ("/usr/bin/newuidmap", "/usr/bin/newgidmap")
 SUBID_COUNT = 65535

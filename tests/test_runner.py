@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ def box(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def sh(box: Sandbox, script: str, **spec: object) -> subprocess.CompletedProcess[str]:
+def sh(box: Sandbox, script: str, **spec: Any) -> subprocess.CompletedProcess[str]:
     return box.run(["sh", "-c", script], **spec)
 
 
@@ -159,6 +160,13 @@ def test_volumes_rw_and_ro(box: Sandbox) -> None:
     assert out.stdout.splitlines() == ["from host", "from host", "ro-refused"], out.stderr
     assert (data / "out.txt").read_text() == "out\n"
     assert not (data / "x").exists()
+
+
+def test_unusable_state_dir_is_a_one_line_125(box: Sandbox) -> None:
+    out = box.run(["true"], state_dir="/proc/1")
+    assert out.returncode == 125
+    assert out.stderr.startswith("runner: cannot create the container's directories")
+    assert out.stderr.count("\n") == 1
 
 
 def test_missing_volume_source_is_an_error(box: Sandbox) -> None:
@@ -299,3 +307,28 @@ def test_named_container_keeps_its_layer(box: Sandbox) -> None:
                                                              "exited (0)")]
     remove_container(box.containers, "keeper")
     assert list_containers(box.containers) == []
+
+
+def test_no_overlayfs_falls_back_to_a_private_copy(box: Sandbox, scratch: Path) -> None:
+    """An upper directory on overlayfs is refused by the kernel: the runner copies instead,
+    says so once, and the base still does not change."""
+    for name in ("l", "u", "w", "m"):
+        (scratch / name).mkdir()
+    subprocess.run(["mount", "-t", "overlay", "puller-test", "-o",
+                    f"lowerdir={scratch}/l,upperdir={scratch}/u,workdir={scratch}/w",
+                    str(scratch / "m")], check=True)
+    try:
+        state = scratch / "m" / "state"
+        state.mkdir()
+        os.chmod(scratch, 0o755)
+        os.chmod(scratch / "m", 0o755)
+        if box.rootless:
+            os.chown(state, 65534, 65534)
+        out = sh(box, "echo changed > /etc/passwd; cat /etc/passwd", state_dir=str(state))
+        assert out.stdout == "changed\n", out.stderr
+        assert out.stderr.count("overlayfs unavailable") == 1
+        assert "private copy" in out.stderr
+        assert (box.rootfs / "etc/passwd").read_text() != "changed\n"
+        assert os.listdir(state) == []
+    finally:
+        subprocess.run(["umount", str(scratch / "m")], check=True)

@@ -51,8 +51,8 @@ def test_parse_bytes() -> None:
 
 # --- end to end through the test registry -------------------------------------------------
 
-pytestmark_e2e = [pytest.mark.registry,
-                  pytest.mark.skipif(os.geteuid() != 0, reason="needs root (root + rootless)")]
+registry_test = pytest.mark.registry
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (root + rootless)")
 
 
 @pytest.fixture(params=["root", "rootless"])
@@ -80,19 +80,13 @@ def pull_and_run(mode: str, cache: Path, *args: str, input: str | None = None
     if mode == "rootless":  # the isolated HOME/XDG dirs are root's: give 65534 its own
         for key in [k for k in env if k.startswith("XDG_")] + ["HOME", "DOCKER_CONFIG"]:
             env[key] = str(cache.parent / "home" / key.lower())
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, input=input,
+    return subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, input=input,
                           env=env, timeout=120,
                           stdin=None if input is not None else subprocess.DEVNULL)
 
 
-def _e2e(fn):  # type: ignore[no-untyped-def]
-    """Mark a test as needing the registry (the fixture skips without its binary) and root."""
-    for mark in pytestmark_e2e:
-        fn = mark(fn)
-    return fn
-
-
-@_e2e
+@registry_test
+@needs_root
 def test_image_config_is_followed(registry, mode: str, cache: Path) -> None:  # type: ignore[no-untyped-def]
     image = f"{registry.host}/library/config:1"
     first = pull_and_run(mode, cache, image)
@@ -110,7 +104,8 @@ def test_image_config_is_followed(registry, mode: str, cache: Path) -> None:  # 
     assert out.stdout == f"{uid} /home/app hello world||{home}|bar\n", out.stderr
 
 
-@_e2e
+@registry_test
+@needs_root
 def test_pipes_and_warm_start_without_network(registry, mode: str, cache: Path) -> None:  # type: ignore[no-untyped-def]
     image = f"{registry.host}/library/alpine:3.10"
     assert pull_and_run(mode, cache, "-q", image, "cat", input="hi\n").stdout == "hi\n"
@@ -120,7 +115,8 @@ def test_pipes_and_warm_start_without_network(registry, mode: str, cache: Path) 
     assert registry.hits(since=mark) == []  # a cached image starts with no request at all
 
 
-@_e2e
+@registry_test
+@needs_root
 def test_errors_are_one_line_with_docker_codes(registry, mode: str, cache: Path) -> None:  # type: ignore[no-untyped-def]
     image = f"{registry.host}/library/alpine:3.10"
     out = pull_and_run(mode, cache, image, "no-such-cmd")

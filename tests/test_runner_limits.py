@@ -28,7 +28,7 @@ def box(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
 
 def _host_dirs(controllers: set[str]) -> dict[str, str]:
     """Where the container's cgroup of each controller appears on the host."""
-    v2, v1 = cgroups._mounts()
+    _, v1 = cgroups._mounts()
     own = cgroups._own()
     return {c: f"{cgroups._join(v1[c], own.get(c, '/')).rstrip('/')}/{NAME}" for c in controllers}
 

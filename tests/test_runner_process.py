@@ -1,13 +1,21 @@
 """Docker's Entrypoint/Cmd/Env/User rules (pure functions) and the RunSpec value types."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from fixtures.rootfs import GROUP, PASSWD
 from puller.errors import RunError, UsageError
 from runner.container import RunSpec, Volume
-from runner.process import DEFAULT_PATH, Identity, lookup_user, merge_env, parse_env_file, \
-    resolve_argv
-from fixtures.rootfs import GROUP, PASSWD
+from runner.process import (
+    DEFAULT_PATH,
+    Identity,
+    lookup_user,
+    merge_env,
+    parse_env_file,
+    resolve_argv,
+)
 
 CONFIG = {"Entrypoint": ["/bin/ep", "-x"], "Cmd": ["default", "args"]}
 
@@ -21,7 +29,7 @@ CONFIG = {"Entrypoint": ["/bin/ep", "-x"], "Cmd": ["default", "args"]}
     ({"Cmd": ["sh"]}, (), None, ("sh",)),
     ({"Entrypoint": None, "Cmd": ["echo", "hi"]}, ("ls",), None, ("ls",)),
 ])
-def test_resolve_argv(config: dict, command: tuple[str, ...], entrypoint: str | None,
+def test_resolve_argv(config: dict[str, Any], command: tuple[str, ...], entrypoint: str | None,
                       expected: tuple[str, ...]) -> None:
     assert resolve_argv(config, command, entrypoint) == expected
 

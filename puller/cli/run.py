@@ -16,10 +16,16 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PullerError, RunError, UsageError
 
-__all__ = ["main", "ps_main", "rm_main", "parse_args", "parse_bytes", "build_parser"]
+if TYPE_CHECKING:
+    from runner import RunSpec
+
+    from ..image import PreparedImage
+
+__all__ = ["build_parser", "main", "parse_args", "parse_bytes", "ps_main", "rm_main"]
 
 PROG = "pull-and-run"
 _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?$", re.IGNORECASE)
@@ -83,7 +89,7 @@ def _takes_value(action: argparse.Action) -> bool:
 def _split(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
     """Options, then IMAGE and the command: the first token that is not an option (or an
     option's value) is the image; everything after it belongs to the container."""
-    actions = parser._option_string_actions  # noqa: SLF001 - argparse has no public lookup
+    actions = parser._option_string_actions
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -160,10 +166,10 @@ def _env_files(paths: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _spec(ns: argparse.Namespace, img: object, command: list[str]) -> object:
+def _spec(ns: argparse.Namespace, img: PreparedImage, command: list[str]) -> RunSpec:
     from runner import Limits, RunSpec, Volume
     from runner.process import merge_env, resolve_argv
-    config: dict = getattr(img, "config") or {}
+    config: dict[str, Any] = img.config or {}
     tty = True if ns.tty else (False if ns.interactive else os.isatty(0))
     try:
         limits = Limits(memory=ns.memory, cpus=ns.cpus,
@@ -171,7 +177,7 @@ def _spec(ns: argparse.Namespace, img: object, command: list[str]) -> object:
     except ValueError as e:
         raise UsageError(str(e)) from None
     return RunSpec(
-        rootfs=getattr(img, "rootfs"),
+        rootfs=img.rootfs,
         argv=resolve_argv(config, tuple(command), ns.entrypoint),
         env=merge_env(config.get("Env"), _env_files(ns.env_file) + tuple(ns.env),
                       host_env=dict(os.environ), tty=tty),
@@ -179,8 +185,8 @@ def _spec(ns: argparse.Namespace, img: object, command: list[str]) -> object:
         user=ns.user if ns.user is not None else (config.get("User") or ""),
         hostname=ns.hostname, volumes=tuple(Volume.parse(v) for v in ns.volume),
         network=ns.network, read_only=ns.read_only, tty=tty, init=ns.init, limits=limits,
-        name=ns.name, containers_dir=Path(getattr(img, "cache_root")) / "containers",
-        sidecar=getattr(img, "sidecar"), image=getattr(img, "ref"))
+        name=ns.name, containers_dir=Path(img.cache_root) / "containers",
+        sidecar=img.sidecar, image=img.ref)
 
 
 def _fail(prog: str, e: BaseException) -> int:
@@ -202,7 +208,7 @@ def main(argv: list[str], prog: str = PROG) -> int:
         finally:
             _close(progress)
         from runner import run
-        status = run(_spec(ns, img, command))  # type: ignore[arg-type]
+        status = run(_spec(ns, img, command))
         if ns.rm and ns.name:  # --rm with --name: named while it runs, removed at exit
             from runner.containers import remove_container
             remove_container(Path(img.cache_root) / "containers", ns.name)
@@ -223,14 +229,15 @@ def ps_main(cache: str | None = None, *, quiet: bool = False) -> int:
     from runner.containers import list_containers
     rows = list_containers(_containers_dir(cache))
     if quiet:
-        for row in rows:
-            print(row.name)
+        for info in rows:
+            print(info.name)
         return 0
-    table = [("NAME", "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS")]
+    table: list[tuple[str, ...]] = [("NAME", "CONTAINER ID", "IMAGE", "COMMAND", "CREATED",
+                                     "STATUS")]
     table += [(r.name, r.id, r.image, r.command[:30], r.created, r.status) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(6)]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
     return 0
 
 
