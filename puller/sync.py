@@ -11,9 +11,9 @@ are not platforms), one pull per platform.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .errors import PullerError, UsageError
 from .manifest import Index
@@ -22,7 +22,7 @@ from .store import Store
 
 log = logging.getLogger("puller.sync")
 
-__all__ = ["sync", "SyncItem", "SyncResult", "read_list"]
+__all__ = ["SyncItem", "SyncResult", "read_list", "sync"]
 
 Emit = Callable[[dict], None]
 
