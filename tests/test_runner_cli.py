@@ -125,3 +125,22 @@ def test_errors_are_one_line_with_docker_codes(registry, mode: str, cache: Path)
     assert bad.returncode == 125 and bad.stderr.startswith("pull-and-run: error:")
     missing = pull_and_run(mode, cache, f"{registry.host}/library/nope:1")
     assert missing.returncode == 125 and missing.stderr.count("\n") == 1
+
+
+def test_ps_and_rm_helpers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from puller.cli.run import ps_main, rm_main
+    from runner import RunSpec
+    from runner.containers import create_container, mark_exited
+    cache = tmp_path / "cache"
+    spec = RunSpec(rootfs=tmp_path, argv=("sh", "-c", "true"), image="alpine:3.10")
+    mark_exited(create_container(cache / "containers", "web", "ab" * 32, spec), 3)
+    assert ps_main(str(cache)) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["NAME", "CONTAINER", "ID"]
+    assert row.split()[:3] == ["web", "abababababab", "alpine:3.10"]
+    assert row.endswith("exited (3)")
+    assert rm_main(["web", "ghost"], str(cache)) == 1
+    out = capsys.readouterr()
+    assert out.out == "web\n" and "no such container: ghost" in out.err
+    assert ps_main(str(cache), quiet=True) == 0
+    assert capsys.readouterr().out == ""

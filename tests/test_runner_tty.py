@@ -69,17 +69,19 @@ def _wait_for_process(cmdline: str) -> None:
     raise AssertionError(f"{cmdline!r} never started")
 
 
-def test_interactive_shell(box: Sandbox) -> None:
+@pytest.mark.parametrize("init", [False, True], ids=["pid1", "init"])
+def test_interactive_shell(box: Sandbox, init: bool) -> None:
     master, slave = pty.openpty()
     _set_size(master, 40, 100)
-    proc = subprocess.Popen(box.command(["sh"], env=["PATH=/bin", "HOME=/root"]), cwd=REPO,
+    proc = subprocess.Popen(box.command(["sh"], env=["PATH=/bin", "HOME=/root"], init=init),
+                            cwd=REPO,
                             stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     os.close(slave)
     term = Terminal(master)
     try:
         term.expect(rb"# ")                           # the prompt appears
         term.send(b"echo pid=$$\r")
-        term.expect(rb"pid=1\r\n")                    # the shell is PID 1
+        term.expect(rb"pid=2\r\n" if init else rb"pid=1\r\n")  # PID 1 (or the reaper's child)
         term.expect(rb"# ")
         term.send(b"stty size; tty\r")
         term.expect(rb"40 100\r\n/dev/pts/0\r\n")     # window size copied, pty inside
