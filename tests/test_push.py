@@ -67,7 +67,7 @@ def test_push_single_image_keeps_digest_and_pulls_back(registry, registry_factor
     assert (again.uploaded, again.skipped) == (0, 3)  # HEAD first, existing blobs skipped
 
 
-def test_push_multi_arch_fetches_missing_children(registry, registry_factory, cache_dir):
+def test_push_multi_arch_fetches_missing_children(registry, registry_factory, cache_dir, tmp_path):
     dest = registry_factory()
     src = f"{registry.host}/library/alpine:3.10"
     _pull(src, cache_dir)  # amd64 only: arm64 and the attestation are fetched by push
@@ -78,6 +78,8 @@ def test_push_multi_arch_fetches_missing_children(registry, registry_factory, ca
     assert sorted(m["digest"] for m in info["manifests"]) == sorted(c.digest for c in expected.children)
     arm = _skopeo_inspect(f"{dest.host}/library/alpine:3.10", "--override-arch", "arm64")
     assert arm["Architecture"] == "arm64"
+    fresh = _pull(f"{dest.host}/library/alpine:3.10", tmp_path / "fresh", Platform("linux", "arm64"))
+    assert fresh.digest == expected.digest and fresh.manifest_digest == expected.children[1].digest
 
 
 def test_push_offline_with_missing_platforms_refuses_or_pushes_present_only(registry, registry_factory,
