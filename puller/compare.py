@@ -41,7 +41,7 @@ log = logging.getLogger("puller.compare")
 
 __all__ = ["Node", "LayerRef", "ImageInput", "LayerScan", "LayerChanges", "LayerStats",
            "Analysis", "View", "Change", "ConfigChange", "DiffResult", "PathError",
-           "scan_layer", "analyse", "merged_view", "diff", "diff_layers", "history_of",
+           "scan_layer", "scan_all", "analyse", "merged_view", "diff", "diff_layers", "history_of",
            "which", "read_file", "RUNTIME_FIELDS"]
 
 Progress = Callable[[dict], None]
@@ -221,12 +221,15 @@ def _save_scan(store: Any, digest: str, scan: LayerScan) -> None:
         log.warning("cannot cache the layer summary of %s: %s", digest, e)
 
 
-def scan_layer(layer: LayerRef, *, store: Any = None, progress: Progress | None = None
-               ) -> LayerScan:
+def scan_layer(layer: LayerRef, *, store: Any = None, progress: Progress | None = None,
+               hash_content: bool = True) -> LayerScan:
     """Read one layer once: entries, whiteouts, content hashes and the DiffID (checked).
 
     With ``store`` (the puller cache) the result is kept under ``meta/compare/`` keyed by the
-    blob digest, and a later call returns it without opening the blob."""
+    blob digest, and a later call returns it without opening the blob; such scans always
+    hash contents. Without a store, ``hash_content=False`` leaves ``Node.digest`` empty for
+    callers that only need names and sizes (``layers``, ``ls``, ``which``)."""
+    hash_content = hash_content or store is not None
     if store is not None:
         cached = _load_scan(store, layer)
         if cached is not None and (not layer.diff_id or cached.diff_id == layer.diff_id):
@@ -249,7 +252,7 @@ def scan_layer(layer: LayerRef, *, store: Any = None, progress: Progress | None 
             if not e.path:
                 continue  # the root's own entry: an unpack keeps the target directory
             digest = ""
-            if e.type == "file":
+            if e.type == "file" and hash_content:
                 h = hashlib.sha256()
                 for chunk in reader.read_chunks():
                     h.update(chunk)
@@ -505,9 +508,24 @@ def merged_view(scans: Iterable[LayerScan]) -> tuple[View, list[LayerChanges]]:
 
 
 def _scans(image: ImageInput, store: Any, progress: Progress | None,
-           layers: Sequence[LayerRef] | None = None) -> list[LayerScan]:
-    return [scan_layer(layer, store=store, progress=progress)
-            for layer in (image.layers if layers is None else layers)]
+           layers: Sequence[LayerRef] | None = None, *, hash_content: bool = True
+           ) -> list[LayerScan]:
+    return scan_all(list(image.layers if layers is None else layers), store=store,
+                    progress=progress, hash_content=hash_content)
+
+
+def scan_all(layers: Sequence[LayerRef], *, store: Any = None,
+             progress: Progress | None = None, hash_content: bool = True) -> list[LayerScan]:
+    """Scan ``layers`` (in order of the result), up to one thread per CPU: inflating and
+    hashing release the GIL, so independent layers read side by side."""
+    if len(layers) < 2:
+        return [scan_layer(x, store=store, progress=progress, hash_content=hash_content)
+                for x in layers]
+    from concurrent.futures import ThreadPoolExecutor
+    workers = min(len(layers), os.cpu_count() or 1, 4)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan") as pool:
+        return list(pool.map(lambda x: scan_layer(x, store=store, progress=progress,
+                                                  hash_content=hash_content), layers))
 
 
 # --- per-layer statistics -------------------------------------------------------------
@@ -563,7 +581,7 @@ class Analysis:
 def analyse(image: ImageInput, *, store: Any = None, progress: Progress | None = None,
             top: int = 10) -> Analysis:
     """Scan every layer once and merge them: per-layer change counts and wasted bytes."""
-    scans = _scans(image, store, progress)
+    scans = _scans(image, store, progress, hash_content=False)
     view, changes = merged_view(scans)
     wasted: dict[int, int] = {}
     per_path: dict[str, list[int]] = {}
@@ -718,14 +736,17 @@ def _shared_prefix(a: ImageInput, b: ImageInput) -> int:
 
 
 class _CountingStore:
-    """Counts the layers a diff had to read (for the notes and the tests)."""
+    """Counts the layers a diff had to read (for the notes and the tests); thread-safe."""
 
     def __init__(self) -> None:
+        import threading
         self.read = 0
+        self._lock = threading.Lock()
 
     def __call__(self, event: dict) -> None:
         if event.get("event") == "layer-scan":
-            self.read += 1
+            with self._lock:
+                self.read += 1
 
 
 def diff(a: ImageInput, b: ImageInput, *, store: Any = None, mtime: bool = False,
@@ -746,15 +767,16 @@ def diff(a: ImageInput, b: ImageInput, *, store: Any = None, mtime: bool = False
     shared = _shared_prefix(a, b)
     changes: list[Change] = []
     if not (shared == len(a.layers) == len(b.layers)):
+        wanted = [*a.layers, *b.layers[shared:]]
+        scans = scan_all(wanted, store=store, progress=emit)
         base = View()
-        for scan in _scans(a, store, emit, a.layers[:shared]):
+        for scan in scans[:shared]:
             base.apply(scan)
-        scans_b = _scans(b, store, emit, b.layers[shared:])
         view_a, view_b = base.copy(), base
         touched: set[str] = set()
-        for scan in _scans(a, store, emit, a.layers[shared:]):
+        for scan in scans[shared:len(a.layers)]:
             touched |= view_a.apply(scan).touched
-        for scan in scans_b:
+        for scan in scans[len(a.layers):]:
             touched |= view_b.apply(scan).touched
         changes = _compare(view_a, view_b, touched, mtime)
     notes = _notes(a, b, shared)

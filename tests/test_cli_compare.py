@@ -17,8 +17,10 @@ import pytest
 
 from fixtures.catalog import catalog
 from fixtures.images import D, F, L, build_image, tar_layer, write_oci_layout
+from tests.test_compare import image_input
 from puller.cli.compare import bar, escape
 from puller.cli.entry import main
+from puller.compare import diff
 from puller.compare_sources import docker_archive
 from puller.image import lookup_ref, resolve
 from puller.platform import parse_platform
@@ -198,6 +200,8 @@ def test_diff_of_an_oci_layout_and_a_docker_archive(tmp_path, puller):
     assert code == 1 and changes == [("/app", ["content", "mode"])]
     direct = docker_archive(archive)  # the built-in reader, without puller.archive
     assert [layer.diff_id for layer in direct.layers] == build_image(other).diff_ids
+    one = image_input(build_image(layers, fmt="oci"))
+    assert [(c.path, c.what) for c in diff(one, direct).changes] == [("app", ("content", "mode"))]
     assert not any((tmp_path / "layout").glob("meta"))  # a user's layout is never written
 
 

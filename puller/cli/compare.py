@@ -292,9 +292,9 @@ def ls_cmd(image: str = typer.Argument(..., metavar="IMAGE"),
 
 
 def _view_nodes(source: Any, target: str, recursive: bool) -> Iterator[Any]:
-    from ..compare import PathError, merged_view, scan_layer
+    from ..compare import PathError, merged_view, scan_all
     img = _first(source.image) if source.image.upto else source.image
-    view, _ = merged_view(scan_layer(layer, store=source.cache) for layer in img.layers)
+    view, _ = merged_view(scan_all(img.layers, store=source.cache))
     real = view.resolve(target, follow_last=True) if target else ""
     if real is None or (real and real not in view.nodes):
         raise PathError(f"{_abs(target)} does not exist in {img.name}")
