@@ -30,10 +30,12 @@ import io
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -357,24 +359,47 @@ class _Staged:
     path: Path | None
 
 
-class _Tee:
-    """A read-only stream that hands every byte it reads to ``sink`` too."""
+class _Inflater(threading.Thread):
+    """Hashes the uncompressed bytes of a compressed stream fed to it chunk by chunk, on a
+    thread of its own: inflating is the costliest step of loading an OCI archive, and zlib
+    (or ISA-L) releases the GIL, so it runs beside the reading, hashing and writing.
 
-    def __init__(self, src: IO[bytes], first: bytes, sink: Callable[[bytes], Any]) -> None:
-        self._src, self._first, self._sink = src, first, sink
+    A stream that does not inflate (not a layer after all, or a corrupt one) leaves
+    ``diff_id`` None; the chunks are still consumed so that :meth:`feed` never blocks.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="inflate", daemon=True)
+        self._q: queue.Queue[bytes] = queue.Queue(maxsize=8)
+        self._eof = False
+        self.diff_id: str | None = None
+        self.size: int | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        self._q.put(chunk)
+
+    def finish(self) -> None:
+        self._q.put(b"")
+        self.join()
 
     def read(self, n: int = -1) -> bytes:
-        if self._first:
-            data, self._first = self._first, b""
-        else:
-            data = self._src.read(n if n and n > 0 else _CHUNK)
-        if data:
-            self._sink(data)
+        if self._eof:
+            return b""
+        data = self._q.get()
+        self._eof = not data
         return data
 
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
+    def run(self) -> None:
+        try:
+            dec = _Decoded(self, _LIMITS)  # type: ignore[arg-type]
+            while dec.next_chunk():
+                pass
+            self.diff_id, self.size = f"sha256:{dec.hash.hexdigest()}", dec.total
+        except Exception:  # noqa: BLE001 - the digest check decides what a bad stream means
+            self.diff_id = self.size = None
+        finally:
+            while not self._eof:
+                self.read()
 
 
 class _Staging:
@@ -462,34 +487,30 @@ class _Staging:
 
     def _stage_compressed(self, src: IO[bytes], first: bytes, algo: str, compression: str,
                           keep: bool) -> _Staged:
+        """Keep the bytes as they are; their DiffID is hashed by an :class:`_Inflater`."""
         blob_h = hashlib.new(algo)
         path, out = self._new_file() if keep else (None, None)
-        count = [0]
-
-        def sink(data: bytes) -> None:
-            blob_h.update(data)
-            count[0] += len(data)
-            if out is not None:
-                out.write(data)
-
-        tee = _Tee(src, first, sink)
-        diff_id: str | None
+        size = 0
+        inflater = _Inflater()
+        inflater.start()
         try:
-            try:
-                dec = _Decoded(tee, _LIMITS)  # type: ignore[arg-type]
-                while dec.next_chunk():
-                    pass
-                diff_id, usize = f"sha256:{dec.hash.hexdigest()}", dec.total
-            except LayerError:  # not a layer after all, or a corrupt one: the digest decides
-                tee.drain()
-                diff_id, usize = None, None
+            chunk = first
+            while chunk:
+                inflater.feed(chunk)
+                blob_h.update(chunk)
+                size += len(chunk)
+                if out is not None:
+                    out.write(chunk)
+                chunk = src.read(_CHUNK)
             if out is not None:
                 out.flush()
                 os.fsync(out.fileno())
         finally:
+            inflater.finish()
             if out is not None:
                 out.close()
-        return _Staged(f"{algo}:{blob_h.hexdigest()}", count[0], diff_id, usize, compression, path)
+        return _Staged(f"{algo}:{blob_h.hexdigest()}", size, inflater.diff_id, inflater.size,
+                       compression, path)
 
     def gzip_staged(self, staged: _Staged) -> _Staged:
         """Compress a staged plain layer (a docker-archive whose layers sit under blobs/)."""

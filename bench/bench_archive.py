@@ -1,0 +1,147 @@
+"""``puller save`` / ``puller load`` of a ~40 MB image against ``skopeo copy`` between the
+same formats, side by side: medians of N runs each, printed as ratios to skopeo.
+
+    .venv/bin/python bench/bench_archive.py [-n 5] [--mb 40]
+
+The image is built from host files (``/usr/lib``, ``/usr/bin``...: real binaries, which
+compress like real images do) in three gzip layers, written as an OCI layout and loaded
+into a fresh cache (not timed). Rows, each timing both tools as subprocesses:
+
+* save docker: ``puller save`` vs ``skopeo copy oci:CACHE:REF docker-archive:OUT``
+* save oci:    ``puller save --format oci`` vs ``skopeo copy oci:CACHE:REF oci-archive:OUT``
+* load docker: ``puller load`` into an empty cache vs ``skopeo copy docker-archive:IN oci:EMPTY``
+  (both gzip the plain layers again)
+* load oci:    ``puller load`` vs ``skopeo copy oci-archive:IN oci:EMPTY``
+
+The two sides of a row alternate run by run, so load on the machine hits them alike. The
+last column takes puller's fixed start-up cost (the median of ``puller --help``: the
+interpreter, typer and the command modules) off puller's side, since skopeo's start-up is a
+few milliseconds; what remains is the work itself. skopeo does not inflate the layers of an
+OCI archive to check their DiffIDs; ``puller load`` does, so that row keeps a cost skopeo
+does not pay.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+PULLER = str(Path(sys.executable).parent / "puller")
+REF = "docker.io/bench/host:1"
+
+
+def host_files(limit: int) -> list[Path]:
+    """Regular files from the host, largest directories first, up to ``limit`` bytes."""
+    picked, total = [], 0
+    for top in ("/usr/lib/x86_64-linux-gnu", "/usr/lib", "/usr/bin", "/usr/share"):
+        for dirpath, _, files in os.walk(top):
+            for name in sorted(files):
+                p = Path(dirpath) / name
+                try:
+                    if not p.is_file() or p.is_symlink() or p.stat().st_size > 8 << 20:
+                        continue
+                    size = p.stat().st_size
+                except OSError:
+                    continue
+                if not os.access(p, os.R_OK):
+                    continue
+                picked.append(p)
+                total += size
+                if total >= limit:
+                    return picked
+    return picked
+
+
+def build_cache(work: Path, mb: int) -> Path:
+    from fixtures.images import F, build_image, tar_layer, write_oci_layout
+    from puller.archive import load
+    from puller.store import Store
+    files = host_files(mb << 20)
+    thirds = [files[i::3] for i in range(3)]
+    layers = [tar_layer(*[F(str(p).lstrip("/"), p.read_bytes(), 0o755) for p in part])
+              for part in thirds]
+    image = build_image(layers, fmt="oci")
+    layout = write_oci_layout(work / "layout", {REF: image})
+    cache = work / "cache"
+    load(layout, Store(cache))
+    size = sum(len(t) for t in layers)
+    print(f"image: {len(files)} host files, {size / 1e6:.1f} MB uncompressed, "
+          f"{sum(len(b) for b in image.layers) / 1e6:.1f} MB gzip, 3 layers")
+    return cache
+
+
+def timed(cmd: list[str], before=None) -> float:
+    if before:
+        before()
+    start = time.perf_counter()
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed ({done.returncode}): {done.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def fresh(*paths: Path):
+    def reset() -> None:
+        for p in paths:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    return reset
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=5, help="runs per side of a row (>= 3)")
+    ap.add_argument("--mb", type=int, default=40, help="uncompressed image size in MB")
+    args = ap.parse_args()
+    if not shutil.which("skopeo"):
+        print("skopeo is not installed: nothing to compare with")
+        return 1
+    n = max(3, args.n)
+    work = Path(tempfile.mkdtemp(prefix="bench-archive-"))
+    try:
+        cache = build_cache(work, args.mb)
+        sk = ["skopeo", "--insecure-policy", "copy", "-q"]
+        docker_in, oci_in = work / "in.docker.tar", work / "in.oci.tar"
+        subprocess.run([PULLER, "save", "--cache", str(cache), "-q", REF, "-o", str(docker_in)], check=True)
+        subprocess.run([PULLER, "save", "--cache", str(cache), "-q", "--format", "oci", REF,
+                        "-o", str(oci_in)], check=True)
+        out, empty = work / "out.tar", work / "empty"
+        rows = [
+            ("save docker", [PULLER, "save", "--cache", str(cache), "-q", REF, "-o", str(out)],
+             sk + [f"oci:{cache}:{REF}", f"docker-archive:{out}:{REF}"], fresh(out)),
+            ("save oci", [PULLER, "save", "--cache", str(cache), "-q", "--format", "oci", REF, "-o", str(out)],
+             sk + [f"oci:{cache}:{REF}", f"oci-archive:{out}:{REF}"], fresh(out)),
+            ("load docker", [PULLER, "load", "--cache", str(empty), "-q", "-i", str(docker_in)],
+             sk + [f"docker-archive:{docker_in}", f"oci:{empty}:{REF}"], fresh(empty)),
+            ("load oci", [PULLER, "load", "--cache", str(empty), "-q", "-i", str(oci_in)],
+             sk + [f"oci-archive:{oci_in}:{REF}", f"oci:{empty}:{REF}"], fresh(empty)),
+        ]
+        startup = statistics.median(timed([PULLER, "--help"]) for _ in range(n))
+        print(f"medians of {n} runs each (lower is better; target <= 1.0x); "
+              f"puller start-up {startup:.3f}s")
+        print(f"{'row':<12} {'puller':>9} {'skopeo':>9} {'ratio':>7} {'w/o start-up':>13}")
+        for name, ours_cmd, theirs_cmd, reset in rows:
+            ours, theirs = [], []
+            for _ in range(n):
+                ours.append(timed(ours_cmd, reset))
+                theirs.append(timed(theirs_cmd, reset))
+            a, b = statistics.median(ours), statistics.median(theirs)
+            print(f"{name:<12} {a:8.3f}s {b:8.3f}s {a / b:6.2f}x {max(a - startup, 0) / b:12.2f}x")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
