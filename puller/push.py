@@ -224,12 +224,16 @@ def push(store: Store, image_ref_in_cache, dest_ref=None, *, options=None,
         if isinstance(top, Index):
             top, note = _complete_index(store, entry, top, offline=offline, options=options,
                                         present_only=present_only, emit=emit)
+        elif not offline and not _manifest_complete(store, top.digest):
+            _fetch_children(store, entry, [Descriptor(top.media_type, top.digest, len(top.raw))],
+                            options, emit)  # e.g. a layer lost since the pull
+        if dst.digest and dst.digest != top.digest:
+            raise UsageError(f"{dst} names digest {dst.digest}, but the image's is {top.digest}")
+        if isinstance(top, Index):
             for child in top.manifests:
                 m = parse(store.read_blob(child.digest))
                 _push_manifest(store, up, m, child.digest, mounts, tally, chunked, chunk_size, emit)
         ident = dst.digest or dst.tag or "latest"
-        if dst.digest and dst.digest != top.digest:
-            raise UsageError(f"{dst} names digest {dst.digest}, but the image's is {top.digest}")
         _push_manifest(store, up, top, ident, mounts, tally, chunked, chunk_size, emit)
     emit({"event": "pushed", "ref": str(dst), "digest": top.digest})
     return PushResult(str(dst), top.digest, top.media_type, tally.uploaded, tally.mounted,
