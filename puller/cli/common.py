@@ -13,7 +13,8 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from .output import Progress, fail, setup_logging
+from .options import offline_default, progress_for, registry_options  # noqa: F401 (re-exported)
+from .output import fail, setup_logging
 
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache", help="Cache directory (default: $PULLER_CACHE, $XDG_CACHE_HOME/puller, ~/.cache/puller).",
@@ -30,22 +31,6 @@ ProgressOpt = Annotated[str, typer.Option("--progress", help="auto (bars on a te
 RetriesOpt = Annotated[int, typer.Option("--retries", min=0, max=100, help="Extra attempts after a network failure, 5xx or 429.")]
 RetryDelayOpt = Annotated[float, typer.Option("--retry-delay", min=0.0, help="First backoff delay in seconds (doubles each retry, with jitter).")]
 StallOpt = Annotated[float, typer.Option("--stall-timeout", min=0.1, help="Seconds without a byte before a transfer counts as stalled and is retried.")]
-
-
-def offline_default(flag: bool) -> bool:
-    return flag or os.environ.get("PULLER_OFFLINE", "") not in ("", "0", "false", "no")
-
-
-def registry_options(mirrors=None, insecure=None, retries: int = 4, retry_delay: float = 0.5,
-                     stall: float = 30.0):
-    from ..registry import RegistryOptions
-    from ..transport.transport import RetryPolicy
-    return RegistryOptions.build(mirrors=tuple(mirrors or ()), insecure=tuple(insecure or ()),
-                                 retry=RetryPolicy(retries=retries, delay=retry_delay, stall=stall))
-
-
-def progress_for(quiet: bool, mode: str = "auto", verbose: bool = False) -> Progress:
-    return Progress("quiet" if quiet else mode, verbose=verbose)
 
 
 def open_store(cache: Path | None):

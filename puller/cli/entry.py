@@ -9,6 +9,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "run":
         sys.exit(_run(args[1:]))
+    if args and args[0] == "pull":  # the warm pull path: no typer
+        from .pull import main as pull_main
+        sys.exit(pull_main(args[1:]))
     from .app import build
     build()(args=args, prog_name="puller")
 

@@ -121,6 +121,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def _loopback(host: str) -> bool:
+    name = host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name == "localhost":
+        return True
+    import ipaddress
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def _origin(url: str) -> tuple[str, str, int]:
     u = urlsplit(url)
     port = u.port or (443 if u.scheme == "https" else 80)
@@ -188,14 +199,23 @@ class Transport:
 
     def _ping(self) -> None:
         """Find the scheme and the auth challenge with ``GET /v2/``."""
-        schemes = [self._scheme] if self._scheme else (["https", "http"] if self.plain_http else ["https"])
+        if self._scheme:
+            schemes = [self._scheme]
+        elif self.plain_http and _loopback(self.host):
+            schemes = ["http", "https"]  # a local registry: skip a doomed TLS handshake
+        else:
+            schemes = ["https", "http"] if self.plain_http else ["https"]
         last: Exception | None = None
-        for scheme in schemes:
+        for i, scheme in enumerate(schemes):
             try:
                 resp = self._send("GET", f"{scheme}://{self.host}/v2/", {}, stream=False,
                                   timeout=(self.retry.connect_timeout, self.retry.stall))
             except (TLSError, NetworkError) as e:
                 last = e
+                continue
+            if scheme == "http" and resp.status_code == 400 and i + 1 < len(schemes):
+                last = NetworkError(f"{self.host} speaks TLS")  # "HTTP request to an HTTPS server"
+                resp.close()
                 continue
             self._scheme = scheme
             if resp.status_code == 401:
