@@ -11,7 +11,7 @@ import requests
 
 from fixtures import cli
 from fixtures.catalog import catalog
-from puller.errors import UsageError
+from puller.errors import NotCached, UsageError
 from puller.platform import Platform
 from puller.pull import pull
 from puller.push import push
@@ -152,3 +152,16 @@ def test_anonymous_push_is_refused_in_one_line(token_registry, registry, cache_d
     out = cli.run("push", src, f"{token_registry.host}/library/config:1", "--cache", str(cache_dir))
     assert out.returncode == 1 and out.stderr.count("\n") == 1
     assert "push access denied" in out.stderr and "puller login" in out.stderr
+
+
+def test_push_fetches_a_layer_lost_since_the_pull(registry, registry_factory, cache_dir):
+    dest = registry_factory()
+    src = f"{registry.host}/library/shared-b:1"
+    _pull(src, cache_dir)
+    lost = registry.images["library/shared-b:1"].layer_digests[1]
+    Store(cache_dir).blob_path(lost).unlink()
+    res = _push(cache_dir, src, f"{dest.host}/library/shared-b:1")
+    assert res.uploaded == 3 and Store(cache_dir).has_blob(lost)
+    with pytest.raises(NotCached, match="not in the cache"):
+        Store(cache_dir).blob_path(lost).unlink()
+        _push(cache_dir, src, f"{dest.host}/other/shared-b:1", offline=True)
