@@ -392,6 +392,13 @@ def _exec(launch: Launch, ch: Channels, ident: Identity, env: dict[str, str],
 
 
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# Docker's defaults (moby oci/defaults.go): hidden, and read-only, kernel interfaces. As
+# root the container's root is the host's uid 0, so /proc/sys or /proc/sysrq-trigger left
+# writable would reach the host kernel; rootless it is defence in depth.
+_MASKED = ("/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+           "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+           "/sys/firmware", "/sys/devices/virtual/powercap")
+_READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 
 def build_plan(*, rootfs: str, merged: str, upper: str, work: str, mapping: Mapping,
@@ -410,6 +417,8 @@ def build_plan(*, rootfs: str, merged: str, upper: str, work: str, mapping: Mapp
         if net_none else
         steps.BindMount("/sys", "/sys", readonly=True,
                         why="with the host's netns a fresh sysfs is refused: bind it, all ro"),
+        *(steps.ProtectPath(path, mask=True) for path in _MASKED),
+        *(steps.ProtectPath(path) for path in _READ_ONLY),
         steps.Mount("tmpfs", "/dev", nosuid, "mode=755",
                     why="a private /dev: none of the image's or the host's device nodes"),
         *(steps.BindMount(f"/dev/{name}", f"/dev/{name}", recursive=False,

@@ -26,6 +26,7 @@ __all__ = [
     "MakeRprivate",
     "Mount",
     "MountRoot",
+    "ProtectPath",
     "ReadOnlyRoot",
     "Step",
     "Symlink",
@@ -105,11 +106,24 @@ class WriteFile:
 
 
 @dataclass(frozen=True, slots=True)
+class ProtectPath:
+    """Docker's masked and read-only paths of /proc and /sys: ``mask`` hides a file under
+    the host's /dev/null (a directory under an empty read-only tmpfs); otherwise the path
+    is bound onto itself read-only. A path the kernel does not have is skipped."""
+    dest: str
+    mask: bool = False
+
+    def __post_init__(self) -> None:
+        _absolute(self.dest)
+
+
+@dataclass(frozen=True, slots=True)
 class ReadOnlyRoot:
     """--read-only: make the root mount read-only last, after every mount point exists."""
 
 
-Step = MakeRprivate | MountRoot | Mount | BindMount | Symlink | WriteFile | ReadOnlyRoot
+Step = (MakeRprivate | MountRoot | Mount | BindMount | Symlink | WriteFile | ProtectPath
+        | ReadOnlyRoot)
 
 
 def _fdpath(fd: int) -> str:
@@ -243,6 +257,27 @@ def _bind(root_fd: int, step: BindMount) -> None:
         _set_readonly(root_fd, step.dest, recursive=step.recursive)
 
 
+def _protect(root_fd: int, step: ProtectPath) -> None:
+    try:
+        fd = open_in_root(root_fd, step.dest)
+    except FileNotFoundError:
+        return
+    try:
+        is_dir = os.path.isdir(_fdpath(fd))
+        where = _fdpath(fd)
+        if step.mask and is_dir:
+            libc.mount("tmpfs", where, "tmpfs", libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV
+                       | libc.MS_NOEXEC, "size=0,mode=555", step=f"mask {step.dest}")
+            return
+        if step.mask:
+            libc.mount("/dev/null", where, None, libc.MS_BIND, step=f"mask {step.dest}")
+            return
+        libc.mount(where, where, None, libc.MS_BIND | libc.MS_REC, step=f"protect {step.dest}")
+    finally:
+        os.close(fd)
+    _set_readonly(root_fd, step.dest, recursive=True)
+
+
 def _apply_root(step: MountRoot, warn: Callable[[str], None]) -> None:
     # userxattr: we always mount from inside a user namespace, where trusted.* is refused.
     data = f"lowerdir={step.lower},upperdir={step.upper},workdir={step.work},userxattr"
@@ -280,6 +315,8 @@ def apply(plan: tuple[Step, ...], root: str, *,
                 _write_file(root_fd, step)
             case BindMount():
                 _bind(root_fd, step)
+            case ProtectPath():
+                _protect(root_fd, step)
             case ReadOnlyRoot():
                 libc.mount_setattr(root_fd, libc.MOUNT_ATTR_RDONLY, recursive=False)
             case _:

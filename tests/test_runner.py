@@ -332,3 +332,13 @@ def test_no_overlayfs_falls_back_to_a_private_copy(box: Sandbox, scratch: Path) 
         assert os.listdir(state) == []
     finally:
         subprocess.run(["umount", str(scratch / "m")], check=True)
+
+
+def test_kernel_interfaces_are_masked_or_read_only(box: Sandbox) -> None:
+    """Docker's masked/read-only paths: as root the container's uid is the host's 0, so a
+    writable /proc/sys would reach the host kernel. (Written here: domainname, which is
+    per-UTS-namespace, so even a failing test cannot change the host.)"""
+    out = sh(box, "echo x > /proc/sys/kernel/domainname 2>/dev/null || echo sys-ro; "
+                  "wc -c < /proc/keys; grep -c . /proc/self/mounts >/dev/null && "
+                  "grep ' /proc/sys ' /proc/self/mounts | cut -d' ' -f4 | cut -d, -f1")
+    assert out.stdout.split() == ["sys-ro", "0", "ro"], out.stderr
