@@ -38,23 +38,37 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Iterator, Sequence
+from typing import IO, Any, BinaryIO, cast
 
 from .errors import ArchiveError, DigestMismatch, LayerError, PullerError
 from .image import CachedImage
-from .layer.reader import LayerEntry, LayerReader, Limits
-from .layer.reader import _Decoded  # the reader's streaming decompressor (gzip, zstd, none)
-from .manifest import (OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, REGISTRY_DIGEST, REGISTRY_MEDIA_TYPE,
-                       Descriptor, Index, Manifest, digest_of)
+from .layer.reader import (
+    LayerEntry,
+    LayerReader,
+    Limits,
+    _Decoded,  # the reader's streaming decompressor (gzip, zstd, none)
+)
+from .manifest import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REGISTRY_DIGEST,
+    REGISTRY_MEDIA_TYPE,
+    Descriptor,
+    Index,
+    Manifest,
+    digest_of,
+)
 from .manifest import parse as parse_manifest
 from .platform import Platform, host_platform
 from .store import REF_NAME, Store
 
 log = logging.getLogger("puller.archive")
 
-__all__ = ["SaveItem", "save", "load", "export", "import_tar", "FORMATS"]
+__all__ = ["FORMATS", "SaveItem", "export", "import_tar", "load", "save"]
 
 FORMATS = ("docker", "oci")
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -70,10 +84,10 @@ _DIFF_NAME = re.compile(r"^([0-9a-f]{64})\.tar$")         # skopeo's and our lay
 _JSON_NAME = re.compile(r"^([0-9a-f]{64})\.json$")        # docker's and skopeo's config names
 _META_NAMES = ("manifest.json", "repositories", "index.json", "oci-layout")
 
-Progress = Callable[[dict], None]
+Progress = Callable[[dict[str, Any]], None]
 
 
-def _noop(event: dict) -> None:
+def _noop(event: dict[str, Any]) -> None:
     return None
 
 
@@ -86,7 +100,7 @@ def _gzip_compressor() -> Any:
     always becomes the same blob and re-loading an archive finds its blobs in place.
     ISA-L when installed (several times faster), else zlib at gzip's default level."""
     try:
-        from isal import isal_zlib  # type: ignore[import-not-found]
+        from isal import isal_zlib  # type: ignore[import-not-found, unused-ignore]
         return isal_zlib.compressobj(2, isal_zlib.DEFLATED, 31)
     except ImportError:  # pragma: no cover - depends on the environment
         return zlib.compressobj(6, zlib.DEFLATED, 31)
@@ -224,7 +238,7 @@ def _repo_tag(name: str) -> tuple[str, str] | None:
 def _save_docker(items: Sequence[SaveItem], tar: _TarOut, store: Store, compress: bool,
                  emit: Progress) -> None:
     written: set[str] = set()
-    manifest: list[dict] = []
+    manifest: list[dict[str, Any]] = []
     repositories: dict[str, dict[str, str]] = {}
     for item in items:
         img = item.image
@@ -280,7 +294,7 @@ def uncompressed_size(store: Store, desc: Descriptor, diff_id: str) -> int:
     if isinstance(meta.get("uncompressed_size"), int) and meta.get("diff_id") == diff_id:
         return int(meta["uncompressed_size"])
     with store.open_blob(desc.digest, desc.size) as raw:
-        dec = _Decoded(raw, _LIMITS)
+        dec = _Decoded(cast(BinaryIO, raw), _LIMITS)
         while dec.next_chunk():
             pass
     got = f"sha256:{dec.hash.hexdigest()}"
@@ -298,7 +312,7 @@ def _write_uncompressed(tar: _TarOut, store: Store, desc: Descriptor, diff_id: s
     info.size, info.mode = size, 0o644
     tar.header(info)
     with store.open_blob(desc.digest, desc.size) as raw:
-        dec = _Decoded(raw, _LIMITS)
+        dec = _Decoded(cast(BinaryIO, raw), _LIMITS)
         while chunk := dec.next_chunk():
             if len(chunk) > tar._open:
                 raise ArchiveError(f"layer {desc.digest} is larger than its recorded size {size}")
@@ -312,7 +326,7 @@ def _write_uncompressed(tar: _TarOut, store: Store, desc: Descriptor, diff_id: s
 def _save_oci(items: Sequence[SaveItem], tar: _TarOut, store: Store, emit: Progress) -> None:
     tar.add_bytes("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
     written: set[str] = set()
-    entries: list[dict] = []
+    entries: list[dict[str, Any]] = []
 
     def blob(digest: str, data: bytes | None = None, desc: Descriptor | None = None) -> None:
         path = f"blobs/{digest.replace(':', '/')}"
@@ -458,9 +472,8 @@ class _Staging:
             while chunk:
                 n += len(chunk)
                 diff_h.update(chunk)
-                if blob_h is not diff_h:
-                    if z is None:
-                        blob_h.update(chunk)
+                if blob_h is not diff_h and z is None:
+                    blob_h.update(chunk)
                 if z is not None:
                     piece = z.compress(chunk)
                     blob_h.update(piece)
@@ -514,7 +527,8 @@ class _Staging:
 
     def gzip_staged(self, staged: _Staged) -> _Staged:
         """Compress a staged plain layer (a docker-archive whose layers sit under blobs/)."""
-        src = open(staged.path, "rb") if staged.path else self.store.open_blob(staged.digest)
+        opened = open(staged.path, "rb") if staged.path else self.store.open_blob(staged.digest)  # noqa: SIM115
+        src = cast(IO[bytes], opened)
         with src:
             out = self.stage(src, recompress=True)
         return out
@@ -658,7 +672,7 @@ class _Loader:
         if staged is None and getattr(self, "layout_dir", None) is not None:
             path = self.layout_dir / "blobs" / digest.replace(":", "/")
             try:
-                f = open(path, "rb")
+                f = open(path, "rb")  # noqa: SIM115 - closed by the with below
             except FileNotFoundError:
                 f = None
             except OSError as e:
@@ -775,7 +789,7 @@ class _Loader:
             raise ArchiveError("the archive names no image (manifest.json has no RepoTags)")
         return out
 
-    def _docker_image(self, entry: dict) -> Descriptor:
+    def _docker_image(self, entry: dict[str, Any]) -> Descriptor:
         """Turn one manifest.json image into an OCI manifest over gzip layer blobs."""
         cfg_name = str(entry.get("Config") or "")
         cfg = self._member_named(cfg_name)
@@ -883,7 +897,7 @@ def load(source: Path | str | BinaryIO, store: Store, *, progress: Progress | No
                 loader.read_dir(Path(source))
             elif isinstance(source, (str, os.PathLike)):
                 try:
-                    f = open(source, "rb")
+                    f = open(source, "rb")  # noqa: SIM115 - closed by the with below
                 except OSError as e:
                     raise ArchiveError(f"cannot read {source}: {e.strerror or e}") from None
                 with f:
@@ -993,8 +1007,8 @@ def export(image: CachedImage, out: Path | str | BinaryIO, store: Store, *,
         for path, node in tree.items():
             if node.inode is not None:
                 groups.setdefault(node.inode, []).append(path)
-        for inode, paths in groups.items():
-            paths.sort(key=lambda p: (tree[p].entry.path != p, p))  # the source's own name first
+        for names in groups.values():
+            names.sort(key=lambda p: (tree[p].entry.path != p, p))  # the source's own name first
         with _open_output(out) as f:
             tar = _TarOut(f)
             for path in sorted(p for p, n in tree.items() if n.entry.type == "dir"):
@@ -1072,7 +1086,8 @@ def import_tar(src: Path | str | BinaryIO, ref: str, store: Store, *,
 
 def _check_tar(staging: _Staging, layer: _Staged) -> None:
     """Read the staged layer as a tar to the end: refuse what is not one."""
-    src = open(layer.path, "rb") if layer.path else staging.store.open_blob(layer.digest)
+    opened = open(layer.path, "rb") if layer.path else staging.store.open_blob(layer.digest)  # noqa: SIM115
+    src = cast(BinaryIO, opened)  # closed by the reader's with below
     try:
         with LayerReader(src) as reader:
             for _ in reader:

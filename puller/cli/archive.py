@@ -3,16 +3,26 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, BinaryIO
 
 import typer
 
-from .common import (CacheOpt, InsecureOpt, JsonOpt, MirrorOpt, OfflineOpt, PlatformOpt,
-                     ProgressOpt, QuietOpt, VerboseOpt, handle_errors, offline_default,
-                     progress_for, registry_options)
+from .common import (
+    CacheOpt,
+    InsecureOpt,
+    JsonOpt,
+    MirrorOpt,
+    OfflineOpt,
+    PlatformOpt,
+    ProgressOpt,
+    QuietOpt,
+    VerboseOpt,
+    handle_errors,
+)
+from .options import offline_default, progress_for, registry_options
 from .output import emit_json
 
-OutputOpt = Annotated[Optional[str], typer.Option(
+OutputOpt = Annotated[str | None, typer.Option(
     "-o", "--output", metavar="FILE|-", help="Write here ('-': stdout, the default when it is not a terminal).",
     show_default=False)]
 
@@ -24,7 +34,7 @@ def register(app: typer.Typer) -> None:
     app.command("import", help="Make a one-layer image REF from a root file system tar.")(import_cmd)
 
 
-def _output(target: str | None):
+def _output(target: str | None) -> Path | BinaryIO:
     """A path, or stdout's bytes; a terminal is refused, as docker save does."""
     from ..errors import UsageError
     if target in (None, "-"):
@@ -52,8 +62,8 @@ def save_cmd(images: list[str] = typer.Argument(..., metavar="IMAGE...", help="O
     out = _output(output)
     prog = progress_for(quiet, progress, verbose)
     try:
-        items: dict[str, tuple] = {}
-        store = None
+        items: dict[str, tuple[Any, list[str]]] = {}
+        store: Any = None
         for image in images:
             store, img = resolve_image(image, cache=cache, wanted=wanted, offline=offline_default(offline),
                                        progress=prog, options=registry_options(registry_mirror, insecure_registry))
