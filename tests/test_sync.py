@@ -86,3 +86,18 @@ def test_sync_reports_a_bad_ref_and_still_syncs_the_rest(registry, tmp_path):
     assert _complete(dest, good, AMD64)
     usage = cli.run("sync", "--dir", str(dest))
     assert usage.returncode == 2 and "no images to sync" in usage.stderr
+
+
+def test_housekeeping_commands_have_help():
+    for command in ("push", "sync", "prune", "du", "verify"):
+        out = cli.run(command, "--help")
+        assert out.returncode == 0 and "Usage:" in out.stdout, (command, out.stderr[-300:])
+
+
+def test_sync_list_from_stdin(registry, tmp_path):
+    ref = f"{registry.host}/library/busybox:multi"
+    out = cli.run("sync", "--list", "-", "--dir", str(tmp_path / "m"), "--json",
+                  input=f"# piped\n{ref}\n")
+    assert out.returncode == 0, out.stderr
+    assert [i["ref"] for i in json.loads(out.stdout)["items"]] == [ref]
+    assert _complete(tmp_path / "m", ref, AMD64)

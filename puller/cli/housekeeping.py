@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -14,7 +15,6 @@ from .common import (
     JsonOpt,
     MirrorOpt,
     OfflineOpt,
-    PlatformOpt,
     ProgressOpt,
     QuietOpt,
     VerboseOpt,
@@ -25,6 +25,11 @@ from .common import (
     registry_options,
 )
 from .output import emit_json, human_size
+
+# common.PlatformOpt's help has "[/variant]", which rich reads as markup and --help crashes
+PlatformOpt = Annotated[str | None, typer.Option(
+    "--platform", show_default=False,
+    help="os/arch or os/arch/variant, e.g. linux/arm64 (default: this host).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -42,7 +47,7 @@ def _say(quiet: bool, text: str) -> None:
 
 @handle_errors
 def push_cmd(source: str = typer.Argument(..., metavar="SRC"),
-             dest: str | None = typer.Argument(None, metavar="[DST]",
+             dest: str | None = typer.Argument(None, metavar="DST",
                                                   help="Where to push (default: SRC's own name)."),
              present_only: bool = typer.Option(False, "--present-only",
                                                help="Push an index of the platforms in the cache only (a new digest)."),
@@ -83,7 +88,7 @@ def push_cmd(source: str = typer.Argument(..., metavar="SRC"),
 
 
 @handle_errors
-def sync_cmd(images: list[str] | None = typer.Argument(None, metavar="[IMAGE...]"),
+def sync_cmd(images: list[str] | None = typer.Argument(None, metavar="IMAGE..."),
              list_file: Path | None = typer.Option(None, "--list", metavar="FILE",
                                                       help="A file of references, one a line ('#' comments); '-' reads stdin."),
              directory: Path = typer.Option(..., "--dir", metavar="DIR", help="The target OCI layout (a puller cache)."),
