@@ -218,7 +218,7 @@ def test_paths_are_printed_with_control_characters_escaped(tmp_path, puller):
 
 def test_bar_shows_the_share_in_eighths():
     assert bar(1.0, 4) == "████" and bar(0.0, 4) == "    "
-    assert bar(0.5, 3) == "█▌ " and bar(0.25, 1) == "▎"
+    assert bar(0.5, 3) == "█▌ " and bar(0.25, 1) == "▎" and bar(0.0001, 2) == "▏ "
 
 
 # --- the oracle -------------------------------------------------------------------------

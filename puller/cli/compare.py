@@ -220,6 +220,8 @@ _EIGHTHS = " ▏▎▍▌▋▊▉"
 def bar(share: float, width: int = _BAR_WIDTH) -> str:
     """A left-aligned bar of ``share`` (0..1) in ``width`` cells, to 1/8 of a cell."""
     eighths = round(max(0.0, min(1.0, share)) * width * 8)
+    if share > 0 and not eighths:
+        eighths = 1  # a sliver: the layer is there, however small
     full, part = divmod(eighths, 8)
     text = "█" * full + (_EIGHTHS[part] if part else "")
     return text.ljust(width)
@@ -232,7 +234,7 @@ def _print_layers(img: Any, result: Any) -> None:
     head = f"{escape(img.name)}  {img.platform}  {img.digest[:19]}"
     print(style(head, "bold"))
     cols = f"{'#':>3}  {'DIGEST':<12}  {'COMPRESSED':>10}  {'SIZE':>9}  {'CHANGES':<18}  "
-    cols += f"{'WASTED':>9}  " + (f"{'SHARE':<{_BAR_WIDTH}}  " if tty else "") + "CREATED BY"
+    cols += f"{'WASTED':>9}  " + (f"{'SHARE':<{_BAR_WIDTH + 5}}  " if tty else "") + "CREATED BY"
     print(cols)
     width = os.get_terminal_size().columns if tty else 0
     for r in result.layers:
@@ -241,7 +243,7 @@ def _print_layers(img: Any, result: Any) -> None:
                 f"{human_size(r.compressed_size):>10}  {human_size(r.size):>9}  "
                 f"{changes:<18}  {human_size(r.wasted_bytes):>9}  ")
         if tty:
-            line += style(bar(r.size / total), "green") + "  "
+            line += style(bar(r.size / total), "green") + f" {100 * r.size / total:3.0f}%  "
         created = escape(" ".join(r.created_by.split()))
         if width:
             room = max(20, width - len(line) + (9 if style.on and tty else 0))
@@ -251,7 +253,7 @@ def _print_layers(img: Any, result: Any) -> None:
     print(f"\n{len(result.layers)} layers, {human_size(compressed)} compressed, "
           f"{human_size(total if result.layers else 0)} uncompressed; merged view: "
           f"{result.final_entries} paths, {human_size(result.final_bytes)}")
-    print(f"efficiency {100 * result.efficiency:.2f} %: {human_size(result.wasted_bytes)} "
+    print(f"efficiency {percent(result.efficiency)}: {human_size(result.wasted_bytes)} "
           f"wasted of {human_size(result.total_bytes)} written (file bytes a later layer "
           "overwrites or deletes)")
     if result.wasted_paths:
@@ -259,6 +261,12 @@ def _print_layers(img: Any, result: Any) -> None:
         for path, n, times in result.wasted_paths:
             more = f"  ({times}×)" if times > 1 else ""
             print(f"  {human_size(n):>9}  {escape(_abs(path))}{more}")
+
+
+def percent(share: float) -> str:
+    """Two decimals, rounded down: an image with any waste never shows 100.00 %."""
+    import math
+    return f"{math.floor(share * 10000) / 100:.2f} %"
 
 
 # --- ls -------------------------------------------------------------------------------
