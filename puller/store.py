@@ -210,7 +210,10 @@ class Store:
         return self
 
     def exists(self) -> bool:
-        return (self.root / "index.json").is_file()
+        try:
+            return (self.root / "index.json").is_file()
+        except OSError as e:  # e.g. EACCES on a parent directory
+            raise CacheError(f"cannot use cache directory {self.root}: {e.strerror or e}") from None
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)

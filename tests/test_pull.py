@@ -332,3 +332,26 @@ def test_disk_full_leaves_nothing_half_written(registry, tmp_path):
             store.read_blob(d, max_size=1 << 30)
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_progress_renders_every_kind_of_event():
+    """The CLI's renderer takes the core's dict events and the unpacker's event objects."""
+    import io
+    from puller.cli.output import Progress
+    from puller.unpack import UnpackEvent
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    for mode in ("plain", "tty"):
+        out = Tty()
+        p = Progress(mode, stream=out)
+        p({"event": "blobs", "total": 1, "missing": 1, "bytes": 10})
+        p({"event": "blob-start", "digest": "sha256:" + "a" * 64, "size": 10})
+        p({"event": "blob-progress", "digest": "sha256:" + "a" * 64, "n": 10})
+        p({"event": "blob-done", "digest": "sha256:" + "a" * 64, "size": 10})
+        p(UnpackEvent("layer-start", 0, 2))
+        p(UnpackEvent("done", 1, 2))
+        p.close()
+        if mode == "plain":
+            assert "applying layer 1 of 2" in out.getvalue()

@@ -14,7 +14,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from .options import offline_default, progress_for, registry_options  # noqa: F401 (re-exported)
-from .output import fail, setup_logging
+from .output import fail, os_error, setup_logging
 
 CacheOpt = Annotated[Optional[Path], typer.Option(
     "--cache", help="Cache directory (default: $PULLER_CACHE, $XDG_CACHE_HOME/puller, ~/.cache/puller).",
@@ -48,6 +48,8 @@ def handle_errors(fn: Callable) -> Callable:
             code = fn(*args, **kwargs)
         except PullerError as e:
             raise typer.Exit(fail(e)) from None
+        except OSError as e:
+            raise typer.Exit(fail(os_error(e))) from None
         except KeyboardInterrupt:
             sys.stderr.write("puller: interrupted\n")
             raise typer.Exit(130) from None

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..errors import (AuthError, BadReference, NotCached, NotFound, PullerError, RunError,
                       UsageError)
 
-__all__ = ["EXIT_CODES", "exit_code_for", "fail", "Progress", "setup_logging", "emit_json",
+__all__ = ["EXIT_CODES", "exit_code_for", "fail", "os_error", "Progress", "setup_logging", "emit_json",
            "human_size"]
 
 # One table maps error classes to exit codes; the first matching class wins.
@@ -45,6 +45,12 @@ def fail(e: BaseException, prog: str = "puller") -> int:
     sys.stderr.write(f"{prog}: error: {msg}\n")
     sys.stderr.flush()
     return exit_code_for(e)
+
+
+def os_error(e: OSError) -> PullerError:
+    """An OSError that escaped the core, as a one-line error (never a traceback)."""
+    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+    return PullerError(f"{e.strerror or e}{where}")
 
 
 def setup_logging(verbose: bool) -> None:
@@ -94,7 +100,11 @@ class Progress:
         self._lock = threading.Lock()
         self.ratelimit: dict | None = None
 
-    def __call__(self, e: dict) -> None:
+    def __call__(self, e: Any) -> None:
+        if not isinstance(e, dict):  # an event dataclass (e.g. unpack's): same shape as a dict
+            import dataclasses
+            fields = dataclasses.asdict(e) if dataclasses.is_dataclass(e) else dict(vars(e))
+            e = {"event": fields.pop("kind", type(e).__name__), **fields}
         with self._lock:
             kind = e.get("event")
             if kind == "ratelimit":
@@ -114,8 +124,7 @@ class Progress:
 
     def _line(self, text: str) -> None:
         if self._bars:
-            from tqdm import tqdm
-            tqdm.write(text, file=self.stream)
+            self._tqdm().write(text, file=self.stream)
         else:
             self.stream.write(text + "\n")
             self.stream.flush()
@@ -124,8 +133,7 @@ class Progress:
         if e.get("missing"):
             self._total_bytes += int(e.get("bytes") or 0)
             if self.mode == "tty" and self._total is None:
-                from tqdm import tqdm
-                self._total = tqdm(total=self._total_bytes, unit="B", unit_scale=True, desc="total",
+                self._total = self._tqdm()(total=self._total_bytes, unit="B", unit_scale=True, desc="total",
                                    file=self.stream, position=0, leave=False, dynamic_ncols=True)
             elif self._total is not None:
                 self._total.total = self._total_bytes
@@ -133,8 +141,7 @@ class Progress:
 
     def _on_blob_start(self, e: dict) -> None:
         if self.mode == "tty":
-            from tqdm import tqdm
-            self._bars[e["digest"]] = tqdm(total=e.get("size"), unit="B", unit_scale=True,
+            self._bars[e["digest"]] = self._tqdm()(total=e.get("size"), unit="B", unit_scale=True,
                                            desc=e["digest"][7:19], file=self.stream,
                                            position=len(self._bars) + 1, leave=False, dynamic_ncols=True)
 
@@ -158,17 +165,27 @@ class Progress:
         elif self.mode == "plain":
             self._line(f"{e['digest'][:19]}: done ({human_size(e.get('size'))})")
 
+    @staticmethod
+    def _tqdm():
+        """tqdm, without its monitor thread: the runner forks right after a pull, and a
+        process that forks must have no other threads."""
+        import tqdm
+        tqdm.tqdm.monitor_interval = 0
+        return tqdm.tqdm
+
     def _on_resolved(self, e: dict) -> None:
         if self.mode == "plain":
             self._line(f"{e['ref']}: resolved to {e['digest']}")
 
     def _on_done(self, e: dict) -> None:
-        if self.mode == "plain":
+        if self.mode == "plain" and e.get("ref"):
             self._line(f"{e['ref']}: pulled ({human_size(e.get('bytes'))} downloaded)")
 
     def _on_layer_start(self, e: dict) -> None:
         if self.mode == "plain":
-            self._line(f"applying layer {e.get('index', '?')}: {str(e.get('digest', ''))[:19]}")
+            n = e["layer"] + 1 if isinstance(e.get("layer"), int) else e.get("index", "?")
+            of = f" of {e['layers']}" if e.get("layers") else ""
+            self._line(f"applying layer {n}{of}")
 
     def close(self) -> None:
         with self._lock:

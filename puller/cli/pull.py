@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from ..errors import PullerError, UsageError
-from .output import emit_json, fail, setup_logging
+from .output import emit_json, fail, os_error, setup_logging
 
 __all__ = ["main", "build_parser"]
 
@@ -52,6 +52,8 @@ def main(argv: list[str]) -> int:
         return _pull(ns)
     except PullerError as e:
         return fail(e)
+    except OSError as e:
+        return fail(os_error(e))
     except KeyboardInterrupt:
         sys.stderr.write("puller: interrupted\n")
         return 130
