@@ -568,8 +568,20 @@ class _Staging:
 
 
 def known_layers(store: Store) -> dict[str, Descriptor]:
-    """DiffID -> a cached layer blob with that DiffID, from the cache's meta records."""
+    """DiffID -> a cached layer blob with that DiffID, from the cached images' configs and
+    the cache's meta records: a docker-archive's plain layer that the cache already holds
+    compressed (say, pulled from the registry) is not compressed a second time."""
     out: dict[str, Descriptor] = {}
+    for ref in store.refs() if store.exists() else ():
+        for m in _cached_manifests(store, ref.descriptor):
+            try:
+                config = json.loads(store.read_blob(m.config.digest))
+                ids = _diff_ids(config)
+            except (PullerError, ValueError):
+                continue
+            for layer, diff_id in zip(m.layers, ids):
+                if store.has_blob(layer.digest, layer.size):
+                    out.setdefault(diff_id, layer)
     meta_dir = store.root / "meta"
     if not meta_dir.is_dir():
         return out
@@ -580,7 +592,7 @@ def known_layers(store: Store) -> dict[str, Descriptor]:
             continue
         digest = f"sha256:{p.stem}"
         diff_id = meta.get("diff_id")
-        if isinstance(diff_id, str) and store.has_blob(digest):
+        if isinstance(diff_id, str) and diff_id not in out and store.has_blob(digest):
             path = store.blob_path(digest)
             with open(path, "rb") as f:
                 compression = _sniff(f.read(4))
@@ -768,8 +780,6 @@ class _Loader:
         raise ArchiveError(f"{name} is listed in manifest.json but missing from the archive")
 
     def _docker_refs(self) -> list[_Loaded]:
-        from .errors import BadReference
-        from .reference import parse
         doc = self._json(self.meta["manifest.json"], "manifest.json")
         if not isinstance(doc, list):
             raise ArchiveError("manifest.json is not a list of images")
@@ -777,26 +787,33 @@ class _Loader:
         for entry in doc:
             if not isinstance(entry, dict) or not isinstance(entry.get("Layers"), list):
                 raise ArchiveError("manifest.json entry has no Layers list")
-            desc = self._docker_image(entry)
-            for tag in entry.get("RepoTags") or ():
-                try:
-                    out.append(_Loaded(str(parse(str(tag))), desc, None, None))
-                except BadReference as e:
-                    raise ArchiveError(f"manifest.json: {e}") from None
-            if not entry.get("RepoTags"):
+            names = _repo_tags(entry)
+            config_raw, layers = self._docker_layers(entry)
+            config_digest = digest_of(config_raw)
+            current = [self.store.get_ref(n) for n in names]
+            if names and all(c is not None and config_digest in _image_ids(self.store, c.descriptor)
+                             for c in current):
+                # the cache holds this very image under these names (say, pulled from the
+                # registry): keep its blobs and refs rather than making a second copy
+                out += [_Loaded(c.name, c.descriptor, c.registry_digest, c.registry_media_type)
+                        for c in current if c is not None]
+                continue
+            desc = self._docker_manifest(config_raw, layers) if names else None
+            out += [_Loaded(n, desc, None, None) for n in names if desc is not None]
+            if not names:
                 log.warning("skipping untagged image %s in the archive", entry.get("Config"))
         if not out:
             raise ArchiveError("the archive names no image (manifest.json has no RepoTags)")
         return out
 
-    def _docker_image(self, entry: dict[str, Any]) -> Descriptor:
-        """Turn one manifest.json image into an OCI manifest over gzip layer blobs."""
+    def _docker_layers(self, entry: dict[str, Any]) -> tuple[bytes, list[_Staged]]:
+        """The config of one manifest.json image and its layers, each checked against the
+        config's DiffIDs (the layers' DiffIDs were hashed as they streamed past)."""
         cfg_name = str(entry.get("Config") or "")
         cfg = self._member_named(cfg_name)
         config_raw = cfg if isinstance(cfg, bytes) else self.staging.read(cfg, "config")
-        config_digest = digest_of(config_raw)
         named = _JSON_NAME.match(os.path.basename(cfg_name)) or _BLOB_NAME.match(cfg_name)
-        if named and _hex(config_digest) != named[named.lastindex or 1]:
+        if named and _hex(digest_of(config_raw)) != named[named.lastindex or 1]:
             raise ArchiveError(f"config {cfg_name} does not match its digest (corrupt archive)")
         diff_ids = _diff_ids(self._json(config_raw, "image config"))
         if len(diff_ids) != len(entry["Layers"]):
@@ -805,20 +822,26 @@ class _Loader:
         layers = []
         for path, diff_id in zip(entry["Layers"], diff_ids):
             staged = self._member_named(str(path))
-            if isinstance(staged, bytes):
-                raise ArchiveError(f"layer {path} is not a tar")
-            if staged.compression == "none" and staged.diff_id == diff_id:
-                staged = self._recompressed(staged)
-            if staged.diff_id != diff_id:
+            if isinstance(staged, bytes) or staged.diff_id != diff_id:
                 raise ArchiveError(f"layer {path} does not match its diff_id {diff_id}")
+            layers.append(staged)
+        return config_raw, layers
+
+    def _docker_manifest(self, config_raw: bytes, layers: list[_Staged]) -> Descriptor:
+        """An OCI manifest over the layers as the cache keeps them (gzip, unless the archive
+        had them compressed already), staged with the config."""
+        descs = []
+        for staged in layers:
+            if staged.compression == "none":
+                staged = self._recompressed(staged)
             self.used.setdefault(staged.digest, staged)
-            layers.append(Descriptor(_layer_media_type(staged.compression), staged.digest,
-                                     staged.size))
+            descs.append(Descriptor(_layer_media_type(staged.compression), staged.digest,
+                                    staged.size))
         config_staged = self.staging.put(config_raw)
         self.used.setdefault(config_staged.digest, config_staged)
         doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-               "config": Descriptor(OCI_CONFIG, config_digest, len(config_raw)).to_json(),
-               "layers": [d.to_json() for d in layers]}
+               "config": Descriptor(OCI_CONFIG, config_staged.digest, len(config_raw)).to_json(),
+               "layers": [d.to_json() for d in descs]}
         raw = json.dumps(doc, indent=2).encode()
         staged = self.staging.put(raw)
         self.used.setdefault(staged.digest, staged)
@@ -846,6 +869,36 @@ class _Loader:
             self.store.set_ref(r.name, r.descriptor, registry_digest=r.registry_digest,
                                registry_media_type=r.registry_media_type)
             self.emit({"event": "loaded", "ref": r.name, "digest": r.descriptor.digest})
+
+
+def _repo_tags(entry: dict[str, Any]) -> list[str]:
+    from .errors import BadReference
+    from .reference import parse
+    try:
+        return [str(parse(str(tag))) for tag in entry.get("RepoTags") or ()]
+    except BadReference as e:
+        raise ArchiveError(f"manifest.json: {e}") from None
+
+
+def _cached_manifests(store: Store, desc: Descriptor) -> Iterator[Manifest]:
+    """The cached image manifests a ref's descriptor reaches (an index's present children)."""
+    try:
+        top = parse_manifest(store.read_blob(desc.digest))
+        if isinstance(top, Manifest):
+            yield top
+            return
+        for child in top.manifests:
+            if store.has_blob(child.digest):
+                m = parse_manifest(store.read_blob(child.digest))
+                if isinstance(m, Manifest):
+                    yield m
+    except PullerError:
+        return
+
+
+def _image_ids(store: Store, desc: Descriptor) -> set[str]:
+    """Config digests (Docker's image IDs) of what a cached ref points at."""
+    return {m.config.digest for m in _cached_manifests(store, desc)}
 
 
 def _parse(raw: bytes, media_type: str | None) -> Manifest | Index:

@@ -448,3 +448,111 @@ def test_umoci_unpack_of_our_oci_layout_equals_our_unpack(registry, source, tmp_
     theirs = tree_of(tmp_path / "bundle" / "rootfs")
     ours = tree_of(tmp_path / "ours")
     assert ours == theirs
+
+
+# --- archives other tools write ---------------------------------------------------------
+
+def write_tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return out.getvalue()
+
+
+def test_classic_docker_save_layout_with_symlinked_layers(registry, source, tmp_path):
+    """docker save before v25: <id>/layer.tar, <id>/json, VERSION; a layer two images share
+    is one file and a symlink to it."""
+    a = cached(source, f"{registry.host}/library/shared-a:1", registry=registry)
+    b = cached(source, f"{registry.host}/library/shared-b:1", registry=registry)
+    buf = io.BytesIO()
+    save([item(a), item(b)], buf, store=source)
+    ours = members(buf.getvalue())
+    files: dict[str, bytes] = {}
+    links: dict[str, str] = {}
+    entries = []
+    for n, entry in enumerate(json.loads(ours["manifest.json"])):
+        layers = []
+        for k, path in enumerate(entry["Layers"]):
+            layer_id = hashlib.sha256(f"{n}/{k}".encode()).hexdigest()
+            files[f"{layer_id}/VERSION"] = b"1.0"
+            files[f"{layer_id}/json"] = json.dumps({"id": layer_id}).encode()
+            if k == 0 and n == 1:  # the shared base layer, as docker writes it the 2nd time
+                first = entries[0]["Layers"][0]
+                links[f"{layer_id}/layer.tar"] = f"../{first}"
+            else:
+                files[f"{layer_id}/layer.tar"] = ours[path]
+            layers.append(f"{layer_id}/layer.tar")
+        files[entry["Config"]] = ours[entry["Config"]]
+        entries.append({"Config": entry["Config"], "RepoTags": entry["RepoTags"], "Layers": layers})
+    files["manifest.json"] = json.dumps(entries).encode()
+    target = Store(tmp_path / "target")
+    assert load(io.BytesIO(write_tar(files, links)), target) == [a.name, b.name]
+    got_a, got_b = cached(target, a.name), cached(target, b.name)
+    assert got_a.diff_ids == a.diff_ids and got_b.diff_ids == b.diff_ids
+    assert got_a.manifest.layers[0] == got_b.manifest.layers[0]
+
+
+def test_docker_25_archive_with_an_oci_index(registry, source, tmp_path):
+    """docker save since v25: an OCI layout (plain tar layers) plus manifest.json; its
+    index.json has the bare tag in ref.name and the full name in containerd's annotation."""
+    img = cached(source, f"{registry.host}/library/alpine:3.11")
+    buf = io.BytesIO()
+    save([item(img)], buf, store=source)
+    ours = members(buf.getvalue())
+    entry = json.loads(ours["manifest.json"])[0]
+    blob = lambda data: (f"blobs/sha256/{sha256(data).split(':')[1]}", data)  # noqa: E731
+    layers = [blob(ours[p]) for p in entry["Layers"]]
+    config = blob(ours[entry["Config"]])
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha256(config[1]), "size": len(config[1])},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": sha256(d), "size": len(d)} for _, d in layers]}).encode()
+    index = {"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(manifest),
+        "size": len(manifest), "annotations": {
+            "io.containerd.image.name": img.name, "org.opencontainers.image.ref.name": "3.11"}}]}
+    files = dict([*layers, config, blob(manifest)])
+    files["index.json"] = json.dumps(index).encode()
+    files["oci-layout"] = b'{"imageLayoutVersion": "1.0.0"}'
+    files["manifest.json"] = json.dumps([{"Config": config[0], "RepoTags": [entry["RepoTags"][0]],
+                                          "Layers": [p for p, _ in layers]}]).encode()
+    target = Store(tmp_path / "target")
+    assert load(io.BytesIO(write_tar(files)), target) == [img.name]
+    got = cached(target, img.name)
+    assert got.diff_ids == img.diff_ids
+    assert got.local_digest == sha256(manifest)
+
+
+@needs_skopeo
+def test_loading_an_image_the_cache_already_holds_changes_nothing(registry, source, tmp_path):
+    """skopeo's docker-archive of an image we pulled: same image ID, so the pulled blobs
+    and the ref (with the registry's digest) stay as they are."""
+    ref = f"{registry.host}/library/alpine:3.10"
+    theirs = tmp_path / "theirs.tar"
+    res = skopeo("copy", "--src-tls-verify=false", "--override-arch=amd64", "--override-os=linux",
+                 f"docker://{ref}", f"docker-archive:{theirs}:{ref}")
+    assert res.returncode == 0, res.stderr
+    before = cache_state(source.root)
+    assert load(theirs, source) == [ref]
+    assert cache_state(source.root) == before
+
+
+def test_docker_archive_layer_the_cache_holds_is_not_compressed_again(registry, source, tmp_path):
+    """A new name for a cached image's layers: the registry's gzip blobs are reused."""
+    img = cached(source, f"{registry.host}/library/alpine:3.11")
+    buf = io.BytesIO()
+    save([SaveItem(img, ("example.com/copy/alpine:1",))], buf, store=source)
+    blobs_before = set(source.iter_blobs())
+    assert load(io.BytesIO(buf.getvalue()), source) == ["example.com/copy/alpine:1"]
+    got = cached(source, "example.com/copy/alpine:1")
+    assert [d.digest for d in got.manifest.layers] == [d.digest for d in img.manifest.layers]
+    assert len(set(source.iter_blobs()) - blobs_before) == 1  # only the new manifest
