@@ -507,7 +507,7 @@ def test_docker_25_archive_with_an_oci_index(registry, source, tmp_path):
     save([item(img)], buf, store=source)
     ours = members(buf.getvalue())
     entry = json.loads(ours["manifest.json"])[0]
-    blob = lambda data: (f"blobs/sha256/{sha256(data).split(':')[1]}", data)  # noqa: E731
+    blob = lambda data: (f"blobs/sha256/{sha256(data).split(':')[1]}", data)
     layers = [blob(ours[p]) for p in entry["Layers"]]
     config = blob(ours[entry["Config"]])
     manifest = json.dumps({
