@@ -31,20 +31,41 @@ import logging
 import os
 import tempfile
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 from .errors import DigestMismatch, LayerError, PullerError, UsageError
 from .layer.reader import LayerReader
 
 log = logging.getLogger("puller.compare")
 
-__all__ = ["Node", "LayerRef", "ImageInput", "LayerScan", "LayerChanges", "LayerStats",
-           "Analysis", "View", "Change", "ConfigChange", "DiffResult", "PathError",
-           "scan_layer", "scan_all", "analyse", "merged_view", "diff", "diff_layers", "history_of",
-           "which", "read_file", "RUNTIME_FIELDS"]
+__all__ = [
+    "RUNTIME_FIELDS",
+    "Analysis",
+    "Change",
+    "ConfigChange",
+    "DiffResult",
+    "ImageInput",
+    "LayerChanges",
+    "LayerRef",
+    "LayerScan",
+    "LayerStats",
+    "Node",
+    "PathError",
+    "View",
+    "analyse",
+    "diff",
+    "diff_layers",
+    "history_of",
+    "merged_view",
+    "read_file",
+    "scan_all",
+    "scan_layer",
+    "which",
+]
 
-Progress = Callable[[dict], None]
+Progress = Callable[[dict[str, Any]], None]
 _SCAN_FORMAT = 1
 _MAX_SYMLINKS = 40
 COMPARED = ("type", "content", "size", "mode", "uid", "gid", "link", "device", "xattrs")
@@ -147,7 +168,7 @@ class LayerRef:
 class ImageInput:
     """An image (or its first ``len(layers)`` layers) to compare, wherever it came from."""
     name: str
-    config: dict
+    config: dict[str, Any]
     layers: tuple[LayerRef, ...]
     platform: str = ""
     digest: str = ""                 # manifest digest (the registry's when known)
@@ -159,11 +180,11 @@ class ImageInput:
         return [layer.diff_id or layer.digest for layer in self.layers]
 
     @property
-    def runtime(self) -> dict:
+    def runtime(self) -> dict[str, Any]:
         return dict(self.config.get("config") or {})
 
 
-def history_of(config: dict, count: int) -> list[str]:
+def history_of(config: dict[str, Any], count: int) -> list[str]:
     """``created_by`` of each layer: history entries with ``empty_layer`` are skipped."""
     steps = [h for h in config.get("history") or () if isinstance(h, dict)
              and not h.get("empty_layer")]
@@ -338,8 +359,8 @@ class View:
     def resolve(self, path: str, *, follow_last: bool = True) -> str | None:
         """The real path of ``path`` inside the root, symlinks followed as a chroot would
         (absolute targets from the root, ``..`` clamped at it); None on a symlink loop."""
-        parent, _, name = path.rpartition("/")
-        if not follow_last and (not parent or (self._is_dir(parent))):
+        parent = path.rpartition("/")[0]
+        if not follow_last and (not parent or self._is_dir(parent)):
             return path
         pending = deque(p for p in path.split("/") if p)
         out: list[str] = []
@@ -492,9 +513,9 @@ class View:
             elif old is not None and new is None:
                 deleted[path] = old
                 self.removed_by[path] = index
-            elif old is not None and new is not None:
-                if new.layer == index and (old.type != "dir" or old.differences(new)):
-                    modified[path] = new
+            elif (old is not None and new is not None and new.layer == index
+                  and (old.type != "dir" or old.differences(new))):
+                modified[path] = new  # a directory listed again unchanged is no change
         for path in added:
             self.removed_by.pop(path, None)
         return LayerChanges(index, added, modified, deleted, wasted, wasted_paths,
@@ -644,7 +665,7 @@ def _deletion_cause(scan: LayerScan, path: str) -> str:
     prefixes = {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
     if prefixes & set(scan.whiteouts):
         return "whiteout"
-    if {"/".join(parts[:i]) for i in range(0, len(parts))} & set(scan.opaques):
+    if {"/".join(parts[:i]) for i in range(len(parts))} & set(scan.opaques):
         return "opaque"
     return "replaced"
 
@@ -743,7 +764,7 @@ class _CountingStore:
         self.read = 0
         self._lock = threading.Lock()
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: dict[str, Any]) -> None:
         if event.get("event") == "layer-scan":
             with self._lock:
                 self.read += 1
@@ -759,7 +780,7 @@ def diff(a: ImageInput, b: ImageInput, *, store: Any = None, mtime: bool = False
     a, b = _selected(a), _selected(b)
     counter = _CountingStore()
 
-    def emit(event: dict) -> None:
+    def emit(event: dict[str, Any]) -> None:
         counter(event)
         if progress:
             progress(event)

@@ -14,17 +14,19 @@ layer tars, which are streamed out of the archive one at a time.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .compare import ImageInput, LayerRef, history_of
 from .errors import ArchiveError, NotCached, UsageError
 
-__all__ = ["Source", "open_input", "from_cached", "split_layer", "docker_archive"]
+__all__ = ["Source", "docker_archive", "from_cached", "open_input", "split_layer"]
 
 _LAYER_SUFFIX = re.compile(r"^(?P<spec>.+)@(?P<n>[0-9]+)$")
 _TAR_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -60,7 +62,7 @@ def from_cached(store: Any, img: Any, name: str) -> ImageInput:
     history = history_of(config, len(layers))
     refs = tuple(
         LayerRef(i + 1, d.digest, diff_ids[i], d.size, d.media_type,
-                 (lambda d=d: store.open_blob(d.digest, d.size)), history[i])
+                 functools.partial(store.open_blob, d.digest, d.size), history[i])
         for i, d in enumerate(layers))
     return ImageInput(name, config, refs, str(img.platform), img.manifest_digest,
                       img.manifest.media_type)
@@ -119,6 +121,7 @@ def _via_store(load: Callable[..., Any], path: Path, ref: str | None, wanted: An
     import atexit
     import shutil
     import tempfile
+
     from .image import resolve
     from .store import Store
     tmp = Path(tempfile.mkdtemp(prefix="puller-compare-"))
@@ -139,8 +142,8 @@ def _via_store(load: Callable[..., Any], path: Path, ref: str | None, wanted: An
 def docker_archive(path: Path, ref: str | None = None) -> ImageInput:
     """Read ``docker save`` output in place: its manifest.json, config, and layer tars."""
     try:
-        tar = tarfile.open(path, "r:*")
-        members = {m.name[2:] if m.name.startswith("./") else m.name: m
+        tar = tarfile.open(path, "r:*")  # noqa: SIM115 - open while its layers are read
+        members = {m.name.removeprefix("./"): m
                    for m in tar.getmembers()}
         manifest = json.loads(_member(tar, members, "manifest.json"))
     except (OSError, tarfile.TarError, ValueError) as e:
@@ -165,7 +168,8 @@ def docker_archive(path: Path, ref: str | None = None) -> ImageInput:
         digest = ("sha256:" + name.rsplit("/", 1)[1] if name.startswith("blobs/sha256/")
                   else diff_ids[i])
         layers.append(LayerRef(i + 1, digest, diff_ids[i], member.size, _TAR_LAYER,
-                               (lambda m=member: _open_member(tar, m, path)), history[i]))
+                               functools.partial(_open_member, tar, member, path),
+                               history[i]))
     plat = "/".join(p for p in (config.get("os"), config.get("architecture"),
                                 config.get("variant")) if p)
     tags = entry.get("RepoTags") or []

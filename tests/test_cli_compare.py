@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.catalog import catalog
 from fixtures.images import D, F, L, build_image, tar_layer, write_oci_layout
-from tests.test_compare import image_input
 from puller.cli.compare import bar, escape
 from puller.cli.entry import main
 from puller.compare import diff
@@ -26,6 +24,7 @@ from puller.image import lookup_ref, resolve
 from puller.platform import parse_platform
 from puller.reference import parse
 from puller.store import Store
+from tests.test_compare import image_input
 
 AMD64 = "linux/amd64"
 
@@ -291,7 +290,7 @@ def unpack_tree(cache: Path, name: str, dest: Path) -> dict[str, dict]:
 def umoci_tree(cache: Path, name: str, work: Path) -> dict[str, dict]:
     """umoci's unpack of the image (its first N layers for NAME@N: a manifest and config
     cut to N layers are written beside the cached blobs)."""
-    store, img, n = _cached(cache, name)
+    _, img, n = _cached(cache, name)
     layout = work / "layout"
     layout.mkdir(parents=True)
     shutil.copytree(cache / "blobs", layout / "blobs", copy_function=os.link)

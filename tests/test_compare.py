@@ -9,10 +9,21 @@ from dataclasses import replace
 import pytest
 
 from fixtures.catalog import MULTI_EXPECTED, catalog
-from fixtures.images import OPQ, WH, D, F, H, L, Image, build_image, tar_layer
-from puller.compare import (ImageInput, LayerRef, PathError, analyse, config_diff, diff,
-                            diff_layers, history_of, merged_view, read_file, scan_layer,
-                            which)
+from fixtures.images import OPQ, WH, D, F, H, Image, L, build_image, tar_layer
+from puller.compare import (
+    ImageInput,
+    LayerRef,
+    PathError,
+    analyse,
+    config_diff,
+    diff,
+    diff_layers,
+    history_of,
+    merged_view,
+    read_file,
+    scan_layer,
+    which,
+)
 from puller.errors import DigestMismatch, UsageError
 from puller.store import Store
 

@@ -34,14 +34,24 @@ import json
 import os
 import stat
 import sys
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import typer
 
-from .common import (CacheOpt, InsecureOpt, JsonOpt, MirrorOpt, OfflineOpt, PlatformOpt,
-                     QuietOpt, VerboseOpt, handle_errors, offline_default, progress_for,
-                     registry_options)
+from .common import (
+    CacheOpt,
+    InsecureOpt,
+    JsonOpt,
+    MirrorOpt,
+    OfflineOpt,
+    PlatformOpt,
+    QuietOpt,
+    VerboseOpt,
+    handle_errors,
+)
+from .options import offline_default, progress_for, registry_options
 from .output import emit_json, fail, human_size, setup_logging
 
 _LayerOpt = typer.Option(None, "--layer", metavar="N", min=1,
@@ -114,7 +124,7 @@ def _user_path(text: str) -> str:
 
 
 def _mtime(ns: int) -> str:
-    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -277,7 +287,7 @@ def ls_cmd(image: str = typer.Argument(..., metavar="IMAGE"),
            long: bool = typer.Option(False, "-l", "--long", help="Mode, owner, size, date, "
                                      "layer and link targets."),
            recursive: bool = typer.Option(False, "-R", "--recursive", help="List subtrees."),
-           layer: Optional[int] = _LayerOpt,
+           layer: int | None = _LayerOpt,
            platform: PlatformOpt = None, cache: CacheOpt = None, offline: OfflineOpt = False,
            json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
            registry_mirror: MirrorOpt = None, insecure_registry: InsecureOpt = None) -> int:
@@ -343,7 +353,7 @@ def _long_line(node: Any, full: bool) -> str:
         name += "  (opaque: lower layers' entries hidden)"
     size = (f"{node.device[0]},{node.device[1]}" if node.type in ("char", "block")
             else human_size(node.size))
-    when = datetime.fromtimestamp(node.mtime_ns // 1_000_000_000, tz=timezone.utc)
+    when = datetime.fromtimestamp(node.mtime_ns // 1_000_000_000, tz=UTC)
     return (f"{_filemode(node)} {node.uid:>5}:{node.gid:<5} {size:>9}  "
             f"{when:%Y-%m-%d %H:%M}  L{node.layer:<3} {name}")
 
@@ -412,9 +422,9 @@ def diff_cmd(a: str = typer.Argument(..., metavar="A", help="Image (or A@N with 
              b: str = typer.Argument(..., metavar="B"),
              layer: bool = typer.Option(False, "--layer", help="A@N B@M: compare the two "
                                         "layers' own entries, not the merged views."),
-             filter_: Optional[str] = typer.Option(None, "--filter", metavar="PATH",
+             filter_: str | None = typer.Option(None, "--filter", metavar="PATH",
                                                    help="Only this subtree."),
-             only: Optional[str] = typer.Option(None, "--only", metavar="KIND",
+             only: str | None = typer.Option(None, "--only", metavar="KIND",
                                                 help="added, removed or changed."),
              mtime: bool = typer.Option(False, "--mtime", help="Also compare mtimes."),
              verbose: bool = typer.Option(False, "-v", "--verbose", help="List every path "
