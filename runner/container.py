@@ -141,6 +141,20 @@ def _volumes(spec: RunSpec) -> tuple[steps.BindMount, ...]:
     return tuple(out)
 
 
+def _stdio_open() -> None:
+    """A closed fd 0, 1 or 2 would be reused by our pipes and then clobbered by the
+    container's stdio: give it /dev/null, as a shell would."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)  # Python opens close-on-exec
+
+
 def _check_threads() -> None:
     """fork() with other threads alive copies their locks mid-use; refuse to risk it."""
     threading = sys.modules.get("threading")
@@ -159,6 +173,7 @@ def run(spec: RunSpec) -> int:
         raise RunError(f"rootfs {spec.rootfs} is not a directory", exit_code=125)
     volumes = _volumes(spec)
     _check_threads()
+    _stdio_open()
     try:
         tmp, upper, work, named = _make_dirs(spec, cid)
     except OSError as e:

@@ -226,7 +226,7 @@ def _container(launch: Launch, ch: Channels) -> None:
     # The pty is allocated inside, on the container's own devpts; the master goes out.
     slave = _open_pty(ch) if launch.tty else None
     ident = _identity(launch)
-    _chdir_inside(launch.workdir, ident)
+    _chdir_inside(launch.workdir)
     env = _final_env(launch, ident)
     # No privilege gains through setuid binaries or file capabilities from here on.
     _drop_bounding_caps()
@@ -307,7 +307,7 @@ def _identity(launch: Launch) -> Identity:
     return ident
 
 
-def _chdir_inside(workdir: str, ident: Identity) -> None:
+def _chdir_inside(workdir: str) -> None:
     """Resolve WorkingDir inside the root, no magic links (/proc/self/fd/N escapes, runc
     CVE-2024-21626); create it if missing, as Docker does."""
     root = os.open("/", libc.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -316,9 +316,7 @@ def _chdir_inside(workdir: str, ident: Identity) -> None:
             fd = libc.openat2(root, workdir, libc.O_PATH | os.O_DIRECTORY,
                               libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS)
         except FileNotFoundError:
-            os.makedirs(workdir, exist_ok=True)
-            if ident.uid:
-                os.chown(workdir, ident.uid, ident.gid)
+            os.makedirs(workdir, exist_ok=True)  # owned by root, as Docker creates it
             fd = libc.openat2(root, workdir, libc.O_PATH | os.O_DIRECTORY,
                               libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS)
     except NotADirectoryError:

@@ -342,3 +342,11 @@ def test_kernel_interfaces_are_masked_or_read_only(box: Sandbox) -> None:
                   "wc -c < /proc/keys; grep -c . /proc/self/mounts >/dev/null && "
                   "grep ' /proc/sys ' /proc/self/mounts | cut -d' ' -f4 | cut -d, -f1")
     assert out.stdout.split() == ["sys-ro", "0", "ro"], out.stderr
+
+
+def test_closed_stdin_does_not_confuse_the_runner(box: Sandbox) -> None:
+    script = "readlink /proc/self/fd/0; exit 4"
+    cmd = " ".join(f"'{part}'" for part in box.command(["sh", "-c", script]))
+    done = subprocess.run(["sh", "-c", f"exec {cmd} <&-"], cwd=REPO, capture_output=True,
+                          text=True, check=False)
+    assert (done.returncode, done.stdout) == (4, "/dev/null\n"), done.stderr
