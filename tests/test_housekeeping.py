@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -202,12 +203,24 @@ def test_pulls_racing_prunes_leave_a_sound_cache(registry, cache_dir):
     procs = [subprocess.Popen([str(cli.BIN / "puller"), "pull", "-q", "--platform", "linux/amd64",
                                "--cache", str(cache_dir), r], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in refs]
-    procs[4:4] = [subprocess.Popen([str(cli.BIN / "puller"), "prune", "-q", "--cache", str(cache_dir)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                  for _ in range(3)]
-    for p in procs:
-        _out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err
+    # two processes prune over and over while the pulls run, one more through the CLI
+    stop = cache_dir.parent / "stop-pruning"
+    loop = ("import os, sys; from puller.housekeeping import prune; from puller.store import Store\n"
+            "while not os.path.exists(sys.argv[2]): prune(Store(sys.argv[1]))")
+    pruners = [subprocess.Popen([sys.executable, "-c", loop, str(cache_dir), str(stop)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    procs.append(subprocess.Popen([str(cli.BIN / "puller"), "prune", "-q", "--cache", str(cache_dir)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        for p in procs:
+            _out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+    finally:
+        stop.touch()
+        for p in pruners:
+            _out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
     store = Store(cache_dir)
     for r in refs:
         assert _image(store, r) is not None, r
