@@ -25,6 +25,7 @@ Nothing here prints: progress goes to the ``progress(event)`` callback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from .errors import ArchiveError, DigestMismatch, LayerError, PullerError
+from .errors import ArchiveError, DigestMismatch, DiskFull, LayerError, PullerError
 from .image import CachedImage
 from .layer.reader import (
     LayerEntry,
@@ -141,6 +142,11 @@ class _TarOut:
             raise ArchiveError("internal error: more data than the tar header announced")
         self._f.write(chunk)
         self._open -= len(chunk)
+
+    @property
+    def owed(self) -> int:
+        """Data bytes the current member still needs."""
+        return self._open
 
     def end_member(self) -> None:
         if self._open:
@@ -314,7 +320,7 @@ def _write_uncompressed(tar: _TarOut, store: Store, desc: Descriptor, diff_id: s
     with store.open_blob(desc.digest, desc.size) as raw:
         dec = _Decoded(cast(BinaryIO, raw), _LIMITS)
         while chunk := dec.next_chunk():
-            if len(chunk) > tar._open:
+            if len(chunk) > tar.owed:
                 raise ArchiveError(f"layer {desc.digest} is larger than its recorded size {size}")
             tar.data(chunk)
     if dec.total != size or f"sha256:{dec.hash.hexdigest()}" != diff_id:
@@ -624,6 +630,7 @@ class _Loader:
         self.by_digest: dict[str, _Staged] = {}
         self.used: dict[str, _Staged] = {}        # what the refs need, in commit order
         self._known: dict[str, Descriptor] | None = None
+        self._meta_bytes = 0
 
     def known(self) -> dict[str, Descriptor]:
         if self._known is None:
@@ -636,7 +643,11 @@ class _Loader:
             with tarfile.open(fileobj=f, mode="r|*", bufsize=_CHUNK) as tar:
                 for member in tar:
                     self._member(tar, member)
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull("no space left on the cache's file system while loading") from None
+            raise ArchiveError(f"cannot read the archive: {e.strerror or e}") from None
+        except (tarfile.TarError, EOFError, zlib.error) as e:
             raise ArchiveError(f"archive is corrupt or truncated ({e})") from None
 
     def _member(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
@@ -650,8 +661,10 @@ class _Loader:
         src = tar.extractfile(m)
         assert src is not None
         if name in _META_NAMES or (name.endswith(".json") and not name.startswith("blobs/")):
-            if m.size > _MAX_JSON:
-                raise ArchiveError(f"archive member {name} is larger than {_MAX_JSON >> 20} MiB")
+            self._meta_bytes += m.size
+            if m.size > _MAX_JSON or self._meta_bytes > 4 * _MAX_JSON:
+                raise ArchiveError(f"archive member {name} makes its JSON files larger than we read "
+                                   f"({4 * _MAX_JSON >> 20} MiB in all, {_MAX_JSON >> 20} MiB each)")
             self.meta[name] = src.read()
             return
         self.emit({"event": "archive-member", "name": name, "size": m.size})

@@ -556,3 +556,14 @@ def test_docker_archive_layer_the_cache_holds_is_not_compressed_again(registry, 
     got = cached(source, "example.com/copy/alpine:1")
     assert [d.digest for d in got.manifest.layers] == [d.digest for d in img.manifest.layers]
     assert len(set(source.iter_blobs()) - blobs_before) == 1  # only the new manifest
+
+
+def test_a_gzipped_archive_loads_too(registry, source, tmp_path):
+    """``puller save IMAGE | gzip`` (or docker's) is read as it is."""
+    import gzip
+    img = cached(source, f"{registry.host}/library/alpine:3.10")
+    buf = io.BytesIO()
+    save([item(img)], buf, store=source)
+    target = Store(tmp_path / "target")
+    assert load(io.BytesIO(gzip.compress(buf.getvalue(), 1)), target) == [img.name]
+    assert cached(target, img.name).diff_ids == img.diff_ids
