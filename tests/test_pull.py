@@ -355,3 +355,15 @@ def test_progress_renders_every_kind_of_event():
         p.close()
         if mode == "plain":
             assert "applying layer 1 of 2" in out.getvalue()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["nosuch"], "No such command"),
+    (["images", "--bogus"], "No such option"),
+    (["unpack"], "Missing argument"),
+    (["pull"], "the following arguments are required: IMAGE"),
+])
+def test_usage_errors_are_one_line(args, needle):
+    p = cli.run(*args)
+    assert p.returncode == 2 and needle in p.stderr, p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("puller: error:")

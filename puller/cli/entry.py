@@ -13,7 +13,20 @@ def main(argv: list[str] | None = None) -> None:
         from .pull import main as pull_main
         sys.exit(pull_main(args[1:]))
     from .app import build
-    build()(args=args, prog_name="puller")
+    try:
+        rc = build()(args=args, prog_name="puller", standalone_mode=False)
+    except Exception as e:  # click's usage errors (typer vendors click): one line, as every error
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":
+            e.show()  # type: ignore[attr-defined] - prints the help
+            sys.exit(0)
+        ctx = getattr(e, "ctx", None)
+        cmd = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+        hint = f" (see 'puller{cmd} --help')" if type(e).__name__ != "ClickException" else ""
+        sys.stderr.write(f"puller: error: {e.format_message()}{hint}\n")
+        sys.exit(e.exit_code)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 def pull_and_run(argv: list[str] | None = None) -> None:

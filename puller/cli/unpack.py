@@ -59,8 +59,7 @@ def resolve_image(image: str, *, cache, wanted, offline: bool, progress, options
 
 
 @handle_errors
-def unpack_cmd(image: str = typer.Argument(None, metavar="IMAGE"),
-               dest: Path = typer.Argument(..., metavar="DEST"),
+def unpack_cmd(args: list[str] = typer.Argument(..., metavar="[IMAGE] DEST", show_default=False),
                layout: str = typer.Option(None, "--layout", metavar="DIR[:REF]", help="Read the image from an OCI layout on disk instead of the cache."),
                force: bool = typer.Option(False, "--force", help="Replace DEST if it exists."),
                platform: PlatformOpt = None, cache: CacheOpt = None, offline: OfflineOpt = False,
@@ -71,16 +70,15 @@ def unpack_cmd(image: str = typer.Argument(None, metavar="IMAGE"),
     from ..errors import UsageError
     from ..platform import parse_platform
     from ..unpack import unpack
+    if len(args) != (1 if layout else 2):
+        raise UsageError("usage: puller unpack IMAGE DEST, or puller unpack --layout DIR[:REF] DEST")
+    image, dest = (None, Path(args[0])) if layout else (args[0], Path(args[1]))
     wanted = parse_platform(platform)
     prog = progress_for(quiet, progress, verbose)
     try:
         if layout:
-            if image is not None:
-                raise UsageError("give either IMAGE or --layout, not both")
             store, img = resolve_layout(layout, wanted)
         else:
-            if image is None:
-                raise UsageError("missing IMAGE")
             store, img = resolve_image(image, cache=cache, wanted=wanted, offline=offline_default(offline),
                                        progress=prog, options=registry_options(registry_mirror, insecure_registry))
         record = None
