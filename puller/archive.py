@@ -631,6 +631,7 @@ class _Loader:
         self.used: dict[str, _Staged] = {}        # what the refs need, in commit order
         self._known: dict[str, Descriptor] | None = None
         self._meta_bytes = 0
+        self.layout_dir: Path | None = None       # set when reading an OCI layout directory
 
     def known(self) -> dict[str, Descriptor]:
         if self._known is None:
@@ -694,7 +695,7 @@ class _Loader:
     def blob(self, digest: str, size: int | None = None) -> _Staged | None:
         """The staged member with ``digest`` (from a layout dir: staged on first use)."""
         staged = self.by_digest.get(digest)
-        if staged is None and getattr(self, "layout_dir", None) is not None:
+        if staged is None and self.layout_dir is not None:
             path = self.layout_dir / "blobs" / digest.replace(":", "/")
             try:
                 f = open(path, "rb")  # noqa: SIM115 - closed by the with below
