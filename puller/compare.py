@@ -243,14 +243,19 @@ def _save_scan(store: Any, digest: str, scan: LayerScan) -> None:
 
 
 def scan_layer(layer: LayerRef, *, store: Any = None, progress: Progress | None = None,
-               hash_content: bool = True) -> LayerScan:
+               hash_content: bool | Callable[[str], bool] = True) -> LayerScan:
     """Read one layer once: entries, whiteouts, content hashes and the DiffID (checked).
 
     With ``store`` (the puller cache) the result is kept under ``meta/compare/`` keyed by the
     blob digest, and a later call returns it without opening the blob; such scans always
     hash contents. Without a store, ``hash_content=False`` leaves ``Node.digest`` empty for
-    callers that only need names and sizes (``layers``, ``ls``, ``which``)."""
-    hash_content = hash_content or store is not None
+    callers that only need names and sizes (``layers``), and a predicate hashes only the
+    paths it accepts (a diff's shared base: only what the upper layers touch)."""
+    if store is not None:
+        hash_content = True
+    wants: Callable[[str], bool] = (hash_content if callable(hash_content)
+                                    else (lambda _path: True) if hash_content
+                                    else (lambda _path: False))
     if store is not None:
         cached = _load_scan(store, layer)
         if cached is not None and (not layer.diff_id or cached.diff_id == layer.diff_id):
@@ -273,7 +278,7 @@ def scan_layer(layer: LayerRef, *, store: Any = None, progress: Progress | None 
             if not e.path:
                 continue  # the root's own entry: an unpack keeps the target directory
             digest = ""
-            if e.type == "file" and hash_content:
+            if e.type == "file" and wants(e.path):
                 h = hashlib.sha256()
                 for chunk in reader.read_chunks():
                     h.update(chunk)
@@ -529,14 +534,15 @@ def merged_view(scans: Iterable[LayerScan]) -> tuple[View, list[LayerChanges]]:
 
 
 def _scans(image: ImageInput, store: Any, progress: Progress | None,
-           layers: Sequence[LayerRef] | None = None, *, hash_content: bool = True
-           ) -> list[LayerScan]:
+           layers: Sequence[LayerRef] | None = None, *,
+           hash_content: bool | Callable[[str], bool] = True) -> list[LayerScan]:
     return scan_all(list(image.layers if layers is None else layers), store=store,
                     progress=progress, hash_content=hash_content)
 
 
 def scan_all(layers: Sequence[LayerRef], *, store: Any = None,
-             progress: Progress | None = None, hash_content: bool = True) -> list[LayerScan]:
+             progress: Progress | None = None,
+             hash_content: bool | Callable[[str], bool] = True) -> list[LayerScan]:
     """Scan ``layers`` (in order of the result), up to one thread per CPU: inflating and
     hashing release the GIL, so independent layers read side by side."""
     if len(layers) < 2:
@@ -788,21 +794,69 @@ def diff(a: ImageInput, b: ImageInput, *, store: Any = None, mtime: bool = False
     shared = _shared_prefix(a, b)
     changes: list[Change] = []
     if not (shared == len(a.layers) == len(b.layers)):
-        wanted = [*a.layers, *b.layers[shared:]]
-        scans = scan_all(wanted, store=store, progress=emit)
-        base = View()
-        for scan in scans[:shared]:
-            base.apply(scan)
-        view_a, view_b = base.copy(), base
-        touched: set[str] = set()
-        for scan in scans[shared:len(a.layers)]:
-            touched |= view_a.apply(scan).touched
-        for scan in scans[len(a.layers):]:
-            touched |= view_b.apply(scan).touched
+        uppers = scan_all([*a.layers[shared:], *b.layers[shared:]], store=store,
+                          progress=emit)
+        ups_a, ups_b = uppers[:len(a.layers) - shared], uppers[len(a.layers) - shared:]
+        base = scan_all(a.layers[:shared], store=store, progress=emit,
+                        hash_content=_touched_by(uppers))
+        view_a, view_b, touched = _merge_pair(base, ups_a, ups_b)
+        if _unhashed(touched, view_a, view_b):  # a path reached through a base symlink
+            base = scan_all(a.layers[:shared], store=store, progress=emit)
+            view_a, view_b, touched = _merge_pair(base, ups_a, ups_b)
         changes = _compare(view_a, view_b, touched, mtime)
     notes = _notes(a, b, shared)
     return DiffResult(tuple(changes), tuple(config_diff(a, b)), tuple(notes), shared,
                       counter.read)
+
+
+def _touched_by(uppers: Sequence[LayerScan]) -> Callable[[str], bool]:
+    """Which shared-base files a diff must hash: those the upper layers name, and those
+    under what they delete or replace (whiteouts, opaque directories, non-directories)."""
+    names: set[str] = set()
+    roots: set[str] = set()
+    for scan in uppers:
+        names.update(n.path for n in scan.entries)
+        names.update(n.hardlink for n in scan.entries if n.hardlink)
+        roots.update(scan.whiteouts)
+        roots.update(scan.opaques)
+        roots.update(n.path for n in scan.entries if n.type != "dir")
+    if "" in roots:
+        return lambda _path: True
+
+    def wanted(path: str) -> bool:
+        if path in names:
+            return True
+        while path:
+            path = path.rpartition("/")[0]
+            if path in roots:
+                return True
+        return False
+    return wanted
+
+
+def _merge_pair(base: Sequence[LayerScan], ups_a: Sequence[LayerScan],
+                ups_b: Sequence[LayerScan]) -> tuple[View, View, set[str]]:
+    """Both merged views over one shared base, and every path either side's uppers touched."""
+    view_b = View()
+    for scan in base:
+        view_b.apply(scan)
+    view_a = view_b.copy()
+    touched: set[str] = set()
+    for scan in ups_a:
+        touched |= view_a.apply(scan).touched
+    for scan in ups_b:
+        touched |= view_b.apply(scan).touched
+    return view_a, view_b, touched
+
+
+def _unhashed(paths: Iterable[str], view_a: View, view_b: View) -> bool:
+    """Whether a file present on both sides lacks the content hash the comparison needs."""
+    for path in paths:
+        na, nb = view_a.nodes.get(path), view_b.nodes.get(path)
+        if (na is not None and nb is not None and na.type == nb.type == "file"
+                and not (na.digest and nb.digest)):
+            return True
+    return False
 
 
 def _sort_key(path: str) -> list[str]:

@@ -292,3 +292,20 @@ def test_memory_holds_metadata_only():
     assert node.size == len(big) and node.digest.startswith("sha256:")
     assert not any(isinstance(getattr(node, f), bytes) and len(getattr(node, f)) > 64
                    for f in node.__slots__)
+
+
+def test_shared_base_paths_reached_through_a_symlink_are_still_compared_by_content():
+    base = tar_layer(D("real"), F("real/x", "base"), L("alias", "real"))
+    a = image_input(build_image([base]))
+    b = image_input(build_image([base, tar_layer(F("alias/x", "upper"))]))
+    result = diff(a, b)
+    assert [(c.path, c.what) for c in result.changes] == [("real/x", ("content", "size"))]
+    assert result.layers_read == 3  # the base once with partial hashes, once in full
+
+
+def test_unchanged_rewrite_on_top_of_a_shared_base_is_no_change():
+    base = tar_layer(D("etc"), F("etc/conf", "same"), F("etc/other", "o"))
+    a = image_input(build_image([base]))
+    b = image_input(build_image([base, tar_layer(D("etc"), F("etc/conf", "same"))]))
+    result = diff(a, b)
+    assert result.same and result.layers_read == 2
