@@ -149,6 +149,9 @@ def test_diff_exit_status_and_json_records(registry, puller):
     assert summary["record"] == "summary" and summary["same"] is False
     assert summary["shared_layers"] == 1 and summary["layers_read"] == 2
     assert any(r["record"] == "note" and "layer count" in r["text"] for r in records)
+    offline_code, offline_out, _ = puller("diff", a, b, "--json", "--offline")
+    assert offline_code == 1 and lines(offline_out)[:-1] == records[:-1]
+    assert lines(offline_out)[-1]["layers_read"] == 0  # the scans came from the cache
     code, out, _ = puller("diff", a, a, "--json")
     assert code == 0 and lines(out)[-1]["same"] is True and lines(out)[-1]["layers_read"] == 0
     code, _, err = puller("diff", a, ref(registry, "nosuch:1"))
