@@ -70,18 +70,23 @@ def cache(mode: str) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def pull_and_run(mode: str, cache: Path, *args: str, input: str | None = None
-                 ) -> subprocess.CompletedProcess[str]:
+def cli_command(mode: str, cache: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """The pull-and-run command line and environment, as root or as user 65534."""
     cmd = [sys.executable, "-m", "puller.cli.run", "--cache", str(cache), *args]
-    if mode == "rootless":
-        cmd = [*SETPRIV, *cmd]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULLER_")}
     env["TMPDIR"] = str(cache.parent)
     if mode == "rootless":  # the isolated HOME/XDG dirs are root's: give 65534 its own
+        cmd = [*SETPRIV, *cmd]
         for key in [k for k in env if k.startswith("XDG_")] + ["HOME", "DOCKER_CONFIG"]:
             env[key] = str(cache.parent / "home" / key.lower())
-    return subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, input=input,
-                          env=env, timeout=120,
+    return cmd, env
+
+
+def pull_and_run(mode: str, cache: Path, *args: str, input: str | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    cmd, env = cli_command(mode, cache, *args)
+    return subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True,
+                          input=input, env=env, timeout=120,
                           stdin=None if input is not None else subprocess.DEVNULL)
 
 
@@ -144,3 +149,30 @@ def test_ps_and_rm_helpers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert out.out == "web\n" and "no such container: ghost" in out.err
     assert ps_main(str(cache), quiet=True) == 0
     assert capsys.readouterr().out == ""
+
+
+@registry_test
+@needs_root
+def test_headline_interactive_sh_through_a_terminal(registry, mode: str, cache: Path) -> None:  # type: ignore[no-untyped-def]
+    """`pull-and-run alpine:3.10 sh` at a terminal: a tty is chosen because stdin is one."""
+    import pty
+
+    from tests.test_runner_tty import Terminal
+    image = f"{registry.host}/library/alpine:3.10"
+    assert pull_and_run(mode, cache, "-q", image, "true").returncode == 0  # pull first
+    cmd, env = cli_command(mode, cache, image, "sh")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+    term = Terminal(master)
+    try:
+        term.expect(rb"# ")
+        term.send(b"echo $$ $TERM; tty\r")
+        term.expect(rb"1 xterm\r\n/dev/pts/0\r\n")
+        term.send(b"exit 3\r")
+        assert proc.wait(timeout=30) == 3
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)

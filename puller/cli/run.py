@@ -39,6 +39,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse builds a formatter per add_argument; the stock one imports shutil (and
+    with it bz2 and lzma) to ask for the terminal width. Ask only when help is shown."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=int(os.environ.get("COLUMNS") or 0) or 100)
+
+
 def parse_bytes(text: str) -> int:
     """Docker's memory sizes: ``256m``, ``1g``, ``512MiB``, ``1048576`` (binary units)."""
     found = _BYTES.match(text.strip())
@@ -49,7 +57,7 @@ def parse_bytes(text: str) -> int:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The option table (Docker's names and meanings; ``-h`` is --hostname, as in Docker)."""
-    p = _Parser(prog=prog, add_help=False, usage=f"{prog} [OPTIONS] IMAGE [COMMAND [ARG...]]",
+    p = _Parser(prog=prog, add_help=False, formatter_class=_Formatter, usage=f"{prog} [OPTIONS] IMAGE [COMMAND [ARG...]]",
                 description="Pull IMAGE if needed and run COMMAND in it, in new namespaces.")
     add = p.add_argument
     add("--help", action="help", help="show this help and exit")
