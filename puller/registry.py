@@ -130,7 +130,8 @@ class Registry:
         self.is_docker_hub = registry == DOCKER_HUB
         self.primary = Transport(host, credentials=self._credentials(registry),
                                  plain_http=_is_loopback(host) or host in options.insecure_registries,
-                                 insecure_tls=options.insecure_tls, retry=retry, session=session,
+                                 insecure_tls=options.insecure_tls or host in options.insecure_registries,
+                                 retry=retry, session=session,
                                  on_event=self.on_event)
         self.mirrors = []
         for url in options.mirrors_for(registry):
@@ -140,7 +141,8 @@ class Registry:
                 log.warning("ignoring plain-http mirror %s (add it to insecure-registries)", url)
                 continue
             self.mirrors.append(Transport(u.netloc, credentials=self._credentials(u.netloc, mirror=True),
-                                          scheme=u.scheme, insecure_tls=options.insecure_tls,
+                                          scheme=u.scheme,
+                                          insecure_tls=options.insecure_tls or u.netloc in options.insecure_registries,
                                           plain_http=allowed_http, retry=retry, session=session,
                                           on_event=self.on_event))
         self._dead: set[int] = set()

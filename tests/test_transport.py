@@ -460,3 +460,15 @@ def test_stalled_blob_is_retried(tmp_path):
                   {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if start else {})
         serve_image(srv, blob_handler=stall_once)
         assert do_pull(srv, tmp_path / "c").digest == IMG.digest
+
+
+def test_tls_is_verified_unless_the_registry_is_named_insecure(tmp_path):
+    with ScriptedServer(tls=True) as srv:
+        serve_image(srv)
+        ref = f"{srv.host}/library/app:1"
+        p = cli.run("pull", "--cache", str(tmp_path / "c"), "--retries", "0", ref)
+        assert p.returncode == 1 and "TLS verification failed" in p.stderr, p.stderr
+        assert Store(tmp_path / "c").refs() == []
+        p = cli.run("pull", "--cache", str(tmp_path / "c"), "--insecure-registry", srv.host, "--json", ref)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["digest"] == IMG.digest
