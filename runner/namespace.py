@@ -37,6 +37,8 @@ _KEEPER_IGNORES = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
 TIOCSCTTY = 0x540E
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
+TIOCGWINSZ = 0x5413
+TIOCSWINSZ = 0x5414
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +284,10 @@ def _open_pty(ch: Channels) -> int:
     num = array.array("I", [0])
     fcntl.ioctl(master, TIOCGPTN, num)
     slave = os.open(f"/dev/pts/{num[0]}", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:  # the size before the command starts (our stdin is still the host's terminal)
+        fcntl.ioctl(slave, TIOCSWINSZ, fcntl.ioctl(0, TIOCGWINSZ, b"\0" * 8))
+    except OSError:
+        pass
     assert ch.pty is not None
     with socket.socket(fileno=ch.pty) as sock:
         socket.send_fds(sock, [b"m"], [master])

@@ -73,12 +73,14 @@ def _wait_for_process(cmdline: str) -> None:
 def test_interactive_shell(box: Sandbox, init: bool) -> None:
     master, slave = pty.openpty()
     _set_size(master, 40, 100)
-    proc = subprocess.Popen(box.command(["sh"], env=["PATH=/bin", "HOME=/root"], init=init),
+    command = ["sh", "-c", "stty size; exec sh"]  # the size is there before the command runs
+    proc = subprocess.Popen(box.command(command, env=["PATH=/bin", "HOME=/root"], init=init),
                             cwd=REPO,
                             stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     os.close(slave)
     term = Terminal(master)
     try:
+        term.expect(rb"^40 100\r\n")
         term.expect(rb"# ")                           # the prompt appears
         term.send(b"echo pid=$$\r")
         term.expect(rb"pid=2\r\n" if init else rb"pid=1\r\n")  # PID 1 (or the reaper's child)
