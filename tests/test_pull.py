@@ -367,3 +367,14 @@ def test_usage_errors_are_one_line(args, needle):
     p = cli.run(*args)
     assert p.returncode == 2 and needle in p.stderr, p.stderr
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("puller: error:")
+
+
+def test_identity_token_from_docker_config(token_registry, token_server, cache_dir):
+    refresh = token_server.issue_refresh_token("alice")
+    cfg = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    cfg.write_text(json.dumps({"auths": {token_registry.host: {"identitytoken": refresh}}}))
+    res = _pull(f"{token_registry.host}/private/secret:1", cache_dir)
+    assert res.digest == token_registry.images["private/secret:1"].digest
+    posts = [r for r in token_server.requests if r.method == "POST"]
+    assert posts and posts[0].param("grant_type") == "refresh_token"
+    assert all(r.authorization is None for r in posts)  # the refresh token is the credential
