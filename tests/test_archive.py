@@ -567,3 +567,15 @@ def test_a_gzipped_archive_loads_too(registry, source, tmp_path):
     target = Store(tmp_path / "target")
     assert load(io.BytesIO(gzip.compress(buf.getvalue(), 1)), target) == [img.name]
     assert cached(target, img.name).diff_ids == img.diff_ids
+
+
+@pytest.mark.parametrize("fmt", ["docker", "oci"])
+def test_one_image_under_two_names(registry, source, tmp_path, fmt):
+    img = cached(source, f"{registry.host}/library/alpine:3.10")
+    names = (img.name, "example.com/team/base:stable")
+    buf = io.BytesIO()
+    save([SaveItem(img, names)], buf, store=source, fmt=fmt)
+    target = Store(tmp_path / "target")
+    assert load(io.BytesIO(buf.getvalue()), target) == list(names)
+    a, b = (cached(target, n) for n in names)
+    assert a.local_digest == b.local_digest
