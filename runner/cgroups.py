@@ -1,9 +1,11 @@
 """Resource limits (--memory, --cpus, --pids-limit) through cgroup v2 or v1.
 
 Only used when a limit is asked for, so a plain run never touches /sys/fs/cgroup.
-The container's cgroup is a child of the caller's own cgroup in each hierarchy (never a
-sibling somewhere else: whoever placed us keeps their accounting), named after the
-container id, and removed when the container exits.
+The container's cgroup is a child of the caller's own cgroup in each hierarchy (whoever
+placed us keeps their accounting), named after the container id, and removed when the
+container exits. On cgroup v2 a cgroup holding processes cannot also enable controllers
+for children, so when ours does (the usual case for a shell in a systemd user session)
+the container's cgroup goes next to ours, in the same delegated parent.
 
 * cgroup v2 (unified, or the ``unified`` mount of a hybrid layout) is used when it offers
   every controller needed; as an unprivileged user only inside a delegated subtree.
@@ -78,26 +80,44 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
-def _v2(mount: tuple[str, str], own: str, name: str, limits: Limits) -> Cgroup | None:
-    parent = _join(mount, own).rstrip("/")
+def _controllers(path: str, name: str) -> set[str]:
     try:
-        with open(f"{parent}/cgroup.controllers") as f:
-            available = set(f.read().split())
+        with open(f"{path}/{name}") as f:
+            return set(f.read().split())
     except OSError:
-        return None
-    if not limits.controllers <= available:
-        return None
-    with open(f"{parent}/cgroup.subtree_control") as f:
-        enabled = set(f.read().split())
-    missing = limits.controllers - enabled
-    try:
-        if missing:
-            _write(f"{parent}/cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
-        path = f"{parent}/{name}"
-        os.mkdir(path)
-    except OSError as e:
-        raise RunError(f"cannot create a cgroup under {parent} ({e.strerror}): resource limits "
-                       "need root or a delegated cgroup v2 subtree", exit_code=125) from None
+        return set()
+
+
+def _v2_parent(parent: str, limits: Limits) -> str:
+    """Make ``parent`` able to host a limited child: enable the controllers in its
+    subtree_control (refused with EBUSY while it holds processes: the "no internal
+    processes" rule)."""
+    missing = limits.controllers - _controllers(parent, "cgroup.subtree_control")
+    if missing:
+        _write(f"{parent}/cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(missing)))
+    return parent
+
+
+def _v2(mount: tuple[str, str], own: str, name: str, limits: Limits) -> Cgroup | None:
+    """Our own cgroup as the parent or, when it holds processes (we are in it), its parent:
+    under systemd both are inside the user's delegated subtree."""
+    own_dir = _join(mount, own).rstrip("/")
+    if not limits.controllers <= _controllers(own_dir, "cgroup.controllers"):
+        return None  # v2 lacks a controller here (hybrid host): v1 is the way
+    candidates = [own_dir]
+    if own_dir.rstrip("/") != mount[0].rstrip("/"):
+        candidates.append(os.path.dirname(own_dir))
+    errors = []
+    for candidate in candidates:
+        try:
+            path = f"{_v2_parent(candidate, limits)}/{name}"
+            os.mkdir(path)
+            break
+        except OSError as e:
+            errors.append(f"{candidate}: {e.strerror}")
+    else:
+        raise RunError(f"cannot create a cgroup ({'; '.join(errors)}): resource limits need "
+                       "root or a delegated cgroup v2 subtree", exit_code=125)
     try:
         if limits.memory is not None:
             _write(f"{path}/memory.max", str(limits.memory))

@@ -85,3 +85,22 @@ def test_limits_validate() -> None:
     with pytest.raises(ValueError):
         cgroups.Limits(pids=0)
     assert cgroups.Limits(memory=2**30, pids=5).controllers == {"memory", "pids"}
+
+
+def test_v2_files_in_a_delegated_tree(tmp_path: Path) -> None:
+    """The cgroup v2 writes, against a directory laid out like a delegated subtree (this
+    machine's v2 hierarchy has no memory/pids/cpu controllers to test for real)."""
+    own = tmp_path / "user.slice" / "app.scope"
+    own.mkdir(parents=True)
+    for directory in (tmp_path / "user.slice", own):
+        (directory / "cgroup.controllers").write_text("cpu memory pids\n")
+    (own / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    limits = cgroups.Limits(memory=64 << 20, cpus=1.5, pids=7)
+    found = cgroups._v2((str(tmp_path), "/"), "/user.slice/app.scope", "puller-x", limits)
+    assert found is not None and found.paths == (str(own / "puller-x"),)
+    assert (own / "puller-x/memory.max").read_text() == str(64 << 20)
+    assert (own / "puller-x/cpu.max").read_text() == "150000 100000"
+    assert (own / "puller-x/pids.max").read_text() == "7"
+    lacking = cgroups.Limits(memory=64 << 20)
+    (own / "cgroup.controllers").write_text("pids\n")
+    assert cgroups._v2((str(tmp_path), "/"), "/user.slice/app.scope", "y", lacking) is None
