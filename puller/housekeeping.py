@@ -16,11 +16,15 @@ field as a digest or a ref name of this cache.
 Locking: ``prune`` holds ``gc_lock`` exclusively, so it waits for running pulls (which
 hold it shared for their whole run) and no pull starts while it deletes; ``verify`` holds
 it shared. ``tmp/`` entries younger than ``TMP_GRACE`` seconds are spared, because
-processes that do not take the gc lock (``tag``, ``set_meta``) write there too.
+processes that do not take the gc lock (``tag``, ``set_meta``) write there too. An
+unreachable rootfs is removed under its image's blob lock (which an unpack holds), and
+spared while anything holds a shared ``flock`` on its ``rootfs/<hex>.ready`` marker: the
+convention for a container running on it.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
@@ -310,6 +314,8 @@ def _prune_meta(store: Store, graph: Graph) -> Iterator[Removal]:
 
 
 def _prune_rootfs(store: Store, graph: Graph) -> Iterator[Removal]:
+    """An unreachable unpacked rootfs (the directory with its ``.ready`` marker, as one
+    item) and its rootless record."""
     keep = graph.rootfs_hexes()
     names: set[str] = set()
     if store.rootfs_dir.is_dir():
@@ -318,20 +324,20 @@ def _prune_rootfs(store: Store, graph: Graph) -> Iterator[Removal]:
     if rootless.is_dir():
         names |= {p.name.removesuffix(".json") for p in rootless.iterdir()}
     for hexd in sorted(names - keep):
-        for p, kind in ((store.rootfs_dir / f"{hexd}.ready", "rootfs"),
-                        (store.rootfs_dir / hexd, "rootfs"), (rootless / f"{hexd}.json", "rootless")):
-            if os.path.lexists(p):
-                yield Removal(kind, str(p), _tree_size(p))
+        tree, ready = store.rootfs_dir / hexd, store.rootfs_dir / f"{hexd}.ready"
+        if os.path.lexists(tree) or os.path.lexists(ready):
+            yield Removal("rootfs", str(tree), _tree_size(tree) + _tree_size(ready))
+        if os.path.lexists(rootless / f"{hexd}.json"):
+            yield Removal("rootless", str(rootless / f"{hexd}.json"), _tree_size(rootless / f"{hexd}.json"))
 
 
 def _remove(store: Store, r: Removal) -> bool:
-    """Remove one item; a rootfs waits for a running unpack of it (its blob lock)."""
+    """Remove one item; False when it is gone already, or in use."""
     p = Path(r.path)
     try:
-        if r.kind == "rootfs" and not p.name.endswith(".ready"):
-            with store.lock_blob("sha256:" + p.name):
-                remove_tree(p)
-        elif os.path.isdir(p) and not os.path.islink(p):
+        if r.kind == "rootfs":
+            return _remove_rootfs(store, p)
+        if os.path.isdir(p) and not os.path.islink(p):
             remove_tree(p)
         else:
             os.unlink(p)
@@ -340,6 +346,33 @@ def _remove(store: Store, r: Removal) -> bool:
     except OSError as e:
         log.warning("cannot remove %s: %s", p, e.strerror or e)
         return False
+    return True
+
+
+def _remove_rootfs(store: Store, tree: Path) -> bool:
+    """Remove an unpacked rootfs, then its ``.ready`` marker. It waits for an unpack of it
+    that is running (those hold the image's blob lock) and spares a rootfs in use: a
+    container running on it holds a shared ``flock`` on its ``.ready`` file."""
+    ready = tree.parent / f"{tree.name}.ready"
+    with store.lock_blob("sha256:" + tree.name):
+        try:
+            fd = os.open(ready, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
+        try:
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.info("keeping %s: a container is running on it", tree)
+                    return False
+            if os.path.lexists(tree):
+                remove_tree(tree)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ready)
+        finally:
+            if fd >= 0:
+                os.close(fd)
     return True
 
 

@@ -1,6 +1,7 @@
 """prune, du and verify on real caches pulled from the registry fixture."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -131,6 +132,21 @@ def test_kept_container_pins_its_image(two_images, record):
     else:
         (box / "container.json").write_text(json.dumps({"name": "box", "image": "gone:1"}))
     assert prune(store).count("blob") == 3 and not rootfs.exists()
+
+
+def test_prune_spares_a_rootfs_in_use(two_images):
+    store, img_b = two_images[0], two_images[4]
+    rootfs = _fake_rootfs(store, img_b.local_digest.split(":")[1])
+    ready = store.rootfs_dir / f"{rootfs.name}.ready"
+    fd = os.open(ready, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # as a running container holds it
+        first = prune(store)
+        assert first.count("rootfs") == 0 and rootfs.is_dir() and ready.exists()
+        assert first.count("blob") == 4 and first.count("rootless") == 1
+    finally:
+        os.close(fd)
+    assert prune(store).count("rootfs") == 1 and not rootfs.exists() and not ready.exists()
 
 
 def test_du_numbers_add_up(two_images, registry):
