@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 from .errors import CacheError, NotCached, PullerError, RegistryError, UsageError
@@ -194,24 +196,51 @@ class Uploader:
 
 @dataclass
 class _Tally:
+    """What happened to the blobs so far (added to from the upload threads)."""
+
     uploaded: int = 0
     mounted: int = 0
     skipped: int = 0
     bytes: int = 0
     manifests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, action: str, size: int) -> None:
+        with self.lock:
+            if action == "exists":
+                self.skipped += 1
+            elif action == "mounted":
+                self.mounted += 1
+            else:
+                self.uploaded += 1
+                self.bytes += size
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How this push writes blobs: where, from which mount sources, in what pieces."""
+
+    store: Store
+    up: Uploader
+    mounts: dict[str, list[str]]
+    chunked: bool
+    chunk_size: int
+    jobs: int
+    emit: Emit
 
 
 def push(store: Store, image_ref_in_cache, dest_ref=None, *, options=None,
          progress: Emit | None = None, offline: bool = False, present_only: bool = False,
-         chunked: bool = False, chunk_size: int = CHUNK_SIZE) -> PushResult:
+         chunked: bool = False, chunk_size: int = CHUNK_SIZE, jobs: int = 4) -> PushResult:
     """Copy the cached image ``image_ref_in_cache`` (a Reference) to ``dest_ref`` (default:
-    the same name). A source that is not cached is pulled first, unless ``offline``."""
+    the same name). A source that is not cached is pulled first, unless ``offline``;
+    ``jobs`` blobs of a manifest go up in parallel."""
     from .registry import Registry, RegistryOptions
     src, dst = image_ref_in_cache, dest_ref or image_ref_in_cache
     emit = progress or (lambda e: None)
     options = options or RegistryOptions.build()
-    if chunk_size < 1:
-        raise UsageError("the chunk size must be at least 1 byte")
+    if chunk_size < 1 or jobs < 1:
+        raise UsageError("the chunk size and the number of jobs must be at least 1")
     store.ensure()
     entry = _source_entry(store, src, offline=offline, options=options, progress=emit)
     with store.gc_lock(shared=True):
@@ -219,7 +248,7 @@ def push(store: Store, image_ref_in_cache, dest_ref=None, *, options=None,
         top = parse(top_raw)
         reg = Registry(dst.registry, options, on_event=emit)
         up = Uploader(reg.primary, dst.repository, what=f"{dst.registry}/{dst.repository}")
-        mounts = _mount_sources(store, dst)
+        plan = _Plan(store, up, _mount_sources(store, dst), chunked, chunk_size, jobs, emit)
         tally, note = _Tally(), ""
         if isinstance(top, Index):
             top, note = _complete_index(store, entry, top, offline=offline, options=options,
@@ -232,9 +261,9 @@ def push(store: Store, image_ref_in_cache, dest_ref=None, *, options=None,
         if isinstance(top, Index):
             for child in top.manifests:
                 m = parse(store.read_blob(child.digest))
-                _push_manifest(store, up, m, child.digest, mounts, tally, chunked, chunk_size, emit)
+                _push_manifest(plan, m, child.digest, tally)
         ident = dst.digest or dst.tag or "latest"
-        _push_manifest(store, up, top, ident, mounts, tally, chunked, chunk_size, emit)
+        _push_manifest(plan, top, ident, tally)
     emit({"event": "pushed", "ref": str(dst), "digest": top.digest})
     return PushResult(str(dst), top.digest, top.media_type, tally.uploaded, tally.mounted,
                       tally.skipped, tally.bytes, tally.manifests, note)
@@ -359,40 +388,48 @@ def _fetch_children(store: Store, entry: RefEntry, missing: list[Descriptor], op
             emit({"event": "push-fetch-failed", "from": f"{registry}/{repo}", "reason": str(e)})
 
 
-def _push_manifest(store: Store, up: Uploader, m: Manifest | Index, ident: str,
-                   mounts: dict[str, list[str]], tally: _Tally, chunked: bool, chunk_size: int,
-                   emit: Emit) -> None:
+def _push_manifest(plan: _Plan, m: Manifest | Index, ident: str, tally: _Tally) -> None:
+    """The blobs of ``m`` (each once, in parallel), then ``m`` itself under ``ident``."""
     if isinstance(m, Manifest):
-        done: set[str] = set()
-        for d in (m.config, *m.layers):
-            if d.digest in done or (d.urls and not store.has_blob(d.digest)):
-                continue  # a repeated layer, or a foreign layer the registry need not hold
-            done.add(d.digest)
-            _push_blob(store, up, d, mounts, tally, chunked, chunk_size, emit)
-    up.put_manifest(ident, m.raw, m.media_type)
+        todo = {d.digest: d for d in (m.config, *m.layers)
+                if not (d.urls and not plan.store.has_blob(d.digest))}  # foreign layers stay out
+        if plan.jobs == 1 or len(todo) <= 1:
+            for d in todo.values():
+                tally.add(_push_blob(plan, d), d.size)
+        else:
+            with ThreadPoolExecutor(max_workers=min(plan.jobs, len(todo)),
+                                    thread_name_prefix="push") as pool:
+                futures = {pool.submit(_push_blob, plan, d): d for d in todo.values()}
+                errors = []
+                for f, d in futures.items():
+                    try:
+                        tally.add(f.result(), d.size)
+                    except BaseException as e:  # noqa: BLE001 - report the first, after all stopped
+                        errors.append(e)
+                if errors:
+                    raise errors[0]
+    plan.up.put_manifest(ident, m.raw, m.media_type)
     tally.manifests += 1
-    emit({"event": "push-manifest", "ident": ident, "digest": m.digest})
+    plan.emit({"event": "push-manifest", "ident": ident, "digest": m.digest})
 
 
-def _push_blob(store: Store, up: Uploader, d: Descriptor, mounts: dict[str, list[str]],
-               tally: _Tally, chunked: bool, chunk_size: int, emit: Emit) -> None:
+def _push_blob(plan: _Plan, d: Descriptor) -> str:
+    """One blob into the destination; returns what it took: exists, mounted or uploaded."""
+    up, emit = plan.up, plan.emit
     if up.exists(d.digest):
-        tally.skipped += 1
         emit({"event": "push-blob", "digest": d.digest, "action": "exists", "size": d.size})
-        return
+        return "exists"
     location = None
-    for repo in mounts.get(d.digest, ()):
+    for repo in plan.mounts.get(d.digest, ()):
         mounted, location = up.mount(d.digest, repo)
         if mounted:
-            tally.mounted += 1
             emit({"event": "push-blob", "digest": d.digest, "action": "mounted", "from": repo,
                   "size": d.size})
-            return
+            return "mounted"
         break  # the registry refused to mount: upload into the session it opened
-    if not store.has_blob(d.digest, d.size):
+    if not plan.store.has_blob(d.digest, d.size):
         raise NotCached(f"blob {d.digest} is not in the cache; pull the image again")
-    up.upload(store, d, chunked=chunked or d.size > CHUNKED_OVER, chunk_size=chunk_size,
-              location=location, emit=emit)
-    tally.uploaded += 1
-    tally.bytes += d.size
+    up.upload(plan.store, d, chunked=plan.chunked or d.size > CHUNKED_OVER,
+              chunk_size=plan.chunk_size, location=location, emit=emit)
     emit({"event": "push-blob", "digest": d.digest, "action": "uploaded", "size": d.size})
+    return "uploaded"

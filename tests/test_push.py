@@ -63,7 +63,7 @@ def test_push_single_image_keeps_digest_and_pulls_back(registry, registry_factor
     assert info["Layers"] == registry.images["library/shared-a:1"].layer_digests
     fresh = _pull(f"{dest.host}/copies/shared-a:v1", tmp_path / "fresh")
     assert fresh.digest == pulled.digest and fresh.downloaded_bytes > 0
-    again = _push(cache_dir, src, f"{dest.host}/copies/shared-a:v1")
+    again = _push(cache_dir, src, f"{dest.host}/copies/shared-a:v1", jobs=1)
     assert (again.uploaded, again.skipped) == (0, 3)  # HEAD first, existing blobs skipped
 
 

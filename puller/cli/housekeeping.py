@@ -56,7 +56,8 @@ def push_cmd(source: str = typer.Argument(..., metavar="SRC"),
                                             help="Bytes per chunk of a chunked upload."),
              cache: CacheOpt = None, offline: OfflineOpt = False, json_out: JsonOpt = False,
              quiet: QuietOpt = False, verbose: VerboseOpt = False, progress: ProgressOpt = "auto",
-             registry_mirror: MirrorOpt = None, insecure_registry: InsecureOpt = None) -> int:
+             jobs: JobsOpt = 4, registry_mirror: MirrorOpt = None,
+             insecure_registry: InsecureOpt = None) -> int:
     from ..push import push
     from ..reference import parse
     src = parse(source)
@@ -73,7 +74,7 @@ def push_cmd(source: str = typer.Argument(..., metavar="SRC"),
     try:
         result = push(open_store(cache), src, dst, options=registry_options(registry_mirror, insecure_registry),
                       progress=on_event, offline=offline_default(offline), present_only=present_only,
-                      chunked=chunked, chunk_size=chunk_size)
+                      chunked=chunked, chunk_size=chunk_size, jobs=jobs)
     finally:
         prog.close()
     if json_out:
