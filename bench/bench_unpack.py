@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
+import resource
 import io
 import statistics
 import subprocess
@@ -25,14 +27,27 @@ from puller.layer.applier import remove_tree
 from puller.unpack import unpack
 
 
-def timed(fn, runs: int, cleanup) -> float:
-    times = []
+def cpu_now() -> float:
+    """CPU seconds (user + system) of this process and its finished children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def rounds(tools: dict, runs: int, cleanup) -> dict[str, tuple[float, float]]:
+    """Run the tools in turn, ``runs`` rounds, so that load on a shared machine hits each
+    alike; return median wall and CPU seconds per tool."""
+    wall: dict[str, list[float]] = {k: [] for k in tools}
+    cpu: dict[str, list[float]] = {k: [] for k in tools}
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-        cleanup()
-    return statistics.median(times)
+        for name, fn in tools.items():
+            os.sync()
+            c0, t0 = cpu_now(), time.perf_counter()
+            fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(cpu_now() - c0)
+            cleanup()
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in tools}
 
 
 def bench_image(name: str, tars: list[bytes], work: Path, runs: int, cli: bool) -> None:
@@ -62,9 +77,12 @@ def bench_image(name: str, tars: list[bytes], work: Path, runs: int, cli: bool) 
             subprocess.run(["tar", "-xzf", str(blob), "-C", str(out)], check=True)
 
     size = sum(len(t) for t in tars)
-    t_p, t_u, t_t = (timed(f, runs, clean) for f in (puller, umoci, tar))
-    print(f"{name:12s} {size / 1e6:6.1f} MB  puller {t_p:6.2f}s  umoci {t_u:6.2f}s  "
-          f"tar -xzf {t_t:6.2f}s  |  puller {t_p / t_u:.2f}x umoci, {t_p / t_t:.2f}x tar")
+    res = rounds({"puller": puller, "umoci": umoci, "tar": tar}, runs, clean)
+    (pw, pc), (uw, uc), (tw, tc) = res["puller"], res["umoci"], res["tar"]
+    print(f"{name:12s} {size / 1e6:5.1f} MB  wall: puller {pw:6.2f}s umoci {uw:6.2f}s "
+          f"tar -xzf {tw:6.2f}s | puller {pw / uw:.2f}x umoci, {pw / tw:.2f}x tar")
+    print(f"{'':12s} {'':8s}  cpu:  puller {pc:6.2f}s umoci {uc:6.2f}s "
+          f"tar -xzf {tc:6.2f}s | puller {pc / uc:.2f}x umoci, {pc / tc:.2f}x tar")
 
 
 def main() -> None:
@@ -72,6 +90,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cli", action="store_true", help="time `puller unpack --layout`")
     args = ap.parse_args()
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; medians of {args.runs} interleaved rounds")
     with tempfile.TemporaryDirectory(prefix="puller-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         distro = distro_tar(work)

@@ -56,7 +56,8 @@ _SYS_OPENAT2 = 437  # same number on every Linux architecture (unified syscall t
 _CACHE = 128        # directory fds kept open while applying a layer
 _PATH_CHUNK = 3072  # characters of path handed to one openat2 call (PATH_MAX is 4096 bytes)
 _ASYNC_MAX = 256 << 10  # files up to this size are written by the worker threads
-_ASYNC_JOBS = 64        # files in flight at most (so at most 16 MiB held in memory)
+_ASYNC_BATCH = 16       # files handed to a worker at once (a Future per file costs ~20 us)
+_ASYNC_JOBS = 8         # batches in flight at most (so at most 32 MiB held in memory)
 _REFUSED = (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL)
 
 
@@ -337,6 +338,7 @@ class Applier:
         self._record = _Record()
         self._entries = 0
         self._bytes = 0
+        self._first = not os.listdir(root_fd)
         self._cache: dict[str, int] = {}
         self._closing: list[int] = []      # fds dropped from the cache, closed per entry
         self._sgid: dict[str, int | None] = {}
@@ -349,8 +351,12 @@ class Applier:
         # rootless stays serial: its EACCES fix-ups retry entries from the main thread
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="puller-apply") \
             if workers > 1 and self._priv else None
-        self._inflight: dict[str, Future] = {}
+        self._inflight: set[str] = set()   # paths of files queued or being written
+        self._batch: list[tuple] = []
+        self._futures: list[Future] = []
         self._slots = threading.BoundedSemaphore(_ASYNC_JOBS)
+        self._fresh: set[str] = set()      # dirs this layer made: a name there is free
+                                           # unless this layer already wrote it
 
     def close(self) -> None:
         """Wait for the files in flight and stop the worker threads."""
@@ -365,11 +371,33 @@ class Applier:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _submit(self) -> None:
+        batch, self._batch = self._batch, []
+        assert self._pool is not None
+        self._slots.acquire()
+        try:
+            fut = self._pool.submit(self._write_batch, batch)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(lambda _f: self._slots.release())
+        self._futures.append(fut)
+
+    def _write_batch(self, batch: list[tuple]) -> None:
+        for job in batch:
+            self._write_small(*job)
+
     def _wait(self, *, raise_errors: bool = True) -> None:
         """Barrier: let every file in flight finish; re-raise the first failure."""
         if not self._inflight:
             return
-        futures, self._inflight = list(self._inflight.values()), {}
+        if self._batch:
+            if raise_errors:
+                self._submit()
+            else:
+                self._batch = []
+        futures, self._futures = self._futures, []
+        self._inflight = set()
         first: BaseException | None = None
         for fut in futures:
             exc = fut.exception()
@@ -395,6 +423,8 @@ class Applier:
         whiteouts = 0
         self._touched, self._holds = set(), set()
         self._dirs, self._restore = {}, {}
+        self._fresh = {""} if self._first else set()  # the rootfs starts empty
+        self._first = False
         try:
             for entry in reader:
                 self._entries += 1
@@ -453,6 +483,7 @@ class Applier:
         self._closing.extend(self._cache.values())
         self._cache.clear()
         self._sgid.clear()
+        self._fresh.clear()  # lexical paths may now resolve elsewhere
 
     def _close_dropped(self) -> None:
         for fd in self._closing:
@@ -516,6 +547,7 @@ class Applier:
             try:
                 os.mkdir(parts[depth], 0o700, dir_fd=pfd)
                 self._dirs.setdefault(sub, _DirMeta(0o755))
+                self._fresh.add(sub)
             except FileExistsError:
                 pass
             try:
@@ -642,11 +674,12 @@ class Applier:
         parent, name = _split(path)
         pfd = self._dir(parent, create=True)
         assert pfd is not None
+        fresh = parent in self._fresh and path not in self._touched
         self._mark(path)
         self._record.discard(path)
         kind = entry.type
         if kind == "file":
-            self._file(pfd, parent, name, entry, reader)
+            self._file(pfd, parent, name, entry, reader, fresh)
         elif kind == "dir":
             self._mkdir(pfd, name, entry)
         elif kind == "symlink":
@@ -666,21 +699,16 @@ class Applier:
             make()
 
     def _file(self, pfd: int, parent: str, name: str, entry: LayerEntry,
-              reader: LayerReader) -> None:
+              reader: LayerReader, fresh: bool) -> None:
         if (self._pool is not None and entry.sparse is None and entry.size <= _ASYNC_MAX
-                and not _exists_at(pfd, name)):
+                and (fresh or not _exists_at(pfd, name))):
             self._space.use(entry.size)
             data = b"".join([bytes(p) for _, p in reader.read_segments()])
-            gid_now = self._parent_gid(parent, pfd)
             self._bytes += entry.size
-            self._slots.acquire()
-            try:
-                fut = self._pool.submit(self._write_small, pfd, name, entry, data, gid_now)
-            except BaseException:
-                self._slots.release()
-                raise
-            fut.add_done_callback(lambda _f: self._slots.release())
-            self._inflight[entry.path] = fut
+            self._batch.append((pfd, name, entry, data, self._parent_gid(parent, pfd)))
+            self._inflight.add(entry.path)
+            if len(self._batch) >= _ASYNC_BATCH:
+                self._submit()
             return
         try:
             fd = os.open(name, _O_FILE, entry.mode & 0o777, dir_fd=pfd)
@@ -727,11 +755,13 @@ class Applier:
     def _mkdir(self, pfd: int, name: str, entry: LayerEntry) -> None:
         try:
             os.mkdir(name, 0o700, dir_fd=pfd)
+            self._fresh.add(entry.path)
         except FileExistsError:
             st = os.lstat(name, dir_fd=pfd)
             if not stat.S_ISDIR(st.st_mode):
                 self._clear(pfd, name, entry.path)
                 os.mkdir(name, 0o700, dir_fd=pfd)
+                self._fresh.add(entry.path)
         self._dirs[entry.path] = _DirMeta(entry.mode, entry.uid, entry.gid, entry.mtime_ns,
                                           entry.xattrs)
 
