@@ -476,6 +476,9 @@ class View:
     def _ensure_parents(self, path: str, layer: int, before: dict[str, Node | None],
                         removed: list[Node]) -> None:
         """Create missing ancestors as directories (0755, root), as tar extractors do."""
+        parent = path.rpartition("/")[0]
+        if not parent or self._is_dir(parent):
+            return  # the usual case: every ancestor of a key is a directory already
         parts = path.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             anc = "/".join(parts[:i])

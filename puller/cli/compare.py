@@ -73,7 +73,10 @@ def register(app: typer.Typer) -> None:
 # --- helpers --------------------------------------------------------------------------
 
 class _Context:
-    """What every command needs to open its images: cache, platform, network policy."""
+    """What every command needs to open its images: cache, platform, network policy.
+
+    A cached image is taken straight from the cache; the pull machinery (and ``requests``
+    with it) is imported only when something must be fetched."""
 
     def __init__(self, cache: Any, platform: str | None, offline: bool, quiet: bool,
                  verbose: bool, mirrors: Any, insecure: Any) -> None:
@@ -81,18 +84,27 @@ class _Context:
         self.cache, self.offline = cache, offline_default(offline)
         self.wanted = parse_platform(platform)
         self.progress = progress_for(quiet, "auto", verbose)
-        self.options = None if self.offline else registry_options(mirrors, insecure)
+        self._mirrors, self._insecure = mirrors, insecure
+
+    def _image(self, ref: str) -> tuple[Any, Any]:
+        from ..image import lookup_ref, resolve
+        from ..reference import parse
+        from ..store import Store
+        store = Store(self.cache)
+        entry = lookup_ref(store, parse(ref)) if store.exists() else None
+        img = resolve(store, entry, self.wanted) if entry is not None else None
+        if img is not None:
+            return store, img
+        from .unpack import resolve_image
+        options = None if self.offline else registry_options(self._mirrors, self._insecure)
+        return resolve_image(ref, cache=self.cache, wanted=self.wanted, offline=self.offline,
+                             progress=self.progress, options=options)
 
     def open(self, spec: str) -> Any:
         from ..compare_sources import open_input
-        from .unpack import resolve_image, resolve_layout
-
-        def image(ref: str) -> Any:
-            return resolve_image(ref, cache=self.cache, wanted=self.wanted,
-                                 offline=self.offline, progress=self.progress,
-                                 options=self.options)
+        from .unpack import resolve_layout
         try:
-            return open_input(spec, wanted=self.wanted, resolve_image=image,
+            return open_input(spec, wanted=self.wanted, resolve_image=self._image,
                               resolve_layout=resolve_layout)
         finally:
             self.progress.close()
