@@ -27,9 +27,11 @@ from runner.limits import Limits
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from runner.network import Slirp
+
 __all__ = ["NETWORKS", "RunSpec", "Volume", "run"]
 
-NETWORKS = ("host", "none")
+NETWORKS = ("host", "none", "private")
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
 
 
@@ -85,8 +87,8 @@ class RunSpec:
         if not self.argv:
             raise UsageError("no command to run")
         if self.network not in NETWORKS:
-            raise UsageError(f"unsupported network {self.network!r}: use host or none "
-                             "(a private network needs slirp4netns or pasta, not installed)")
+            raise UsageError(f"unsupported network {self.network!r}: use host, none or "
+                             "private")
         if not self.workdir.startswith("/"):
             raise UsageError(f"the working directory {self.workdir!r} must be absolute")
         if self.name is not None and self.containers_dir is None:
@@ -116,15 +118,18 @@ def _make_dirs(spec: RunSpec, cid: str) -> _Dirs:
     return tmp, f"{tmp}/upper", f"{tmp}/work", None
 
 
-def _resolv_conf(net_none: bool) -> str:
+def _resolv_conf(network: str) -> str:
     """The host's resolv.conf; with --net none its loopback resolvers are dropped (the
-    container's own lo has nothing listening)."""
+    container's own lo has nothing listening); with --net private, slirp4netns's DNS."""
+    if network == "private":
+        from runner.network import SLIRP_RESOLV_CONF
+        return SLIRP_RESOLV_CONF
     try:
         with open("/etc/resolv.conf") as f:
             text = f.read()
     except OSError:
         return ""
-    if not net_none:
+    if network == "host":
         return text
     keep = [line for line in text.splitlines()
             if not (line.split()[:1] == ["nameserver"] and len(line.split()) > 1
@@ -185,15 +190,15 @@ def run(spec: RunSpec) -> int:
         if spec.limits.controllers:
             from runner import cgroups
             cgroup = cgroups.create(f"puller-{cid[:12]}", spec.limits)
-        net_none = spec.network == "none"
         merged = f"{tmp}/merged"
         plan = namespace.build_plan(
             rootfs=str(spec.rootfs), merged=merged, upper=upper, work=work, mapping=mapping,
-            net_none=net_none, hostname=hostname, resolv_conf=_resolv_conf(net_none),
+            own_netns=spec.network != "host", hostname=hostname,
+            resolv_conf=_resolv_conf(spec.network),
             volumes=volumes, read_only=spec.read_only)
         launch = namespace.Launch(
             plan=plan, merged=merged, argv=spec.argv, env=spec.env, workdir=spec.workdir,
-            user=spec.user, hostname=hostname, mapping=mapping, net_none=net_none, tty=tty,
+            user=spec.user, hostname=hostname, mapping=mapping, network=spec.network, tty=tty,
             init=spec.init, cgroup_paths=() if cgroup is None else cgroup.paths,
             sidecar=None if spec.sidecar is None else str(spec.sidecar),
             cleanup=(tmp,) if named is None else (tmp, f"{work}/work"))
@@ -234,9 +239,10 @@ def _launch(launch: namespace.Launch, mapping: userns.Mapping) -> int:
         os.close(channels.pty)
     forward = Forwarder()
     previous = forward.install(_FORWARDED if not launch.tty else _FORWARDED[:-1])
+    served = _Served()
     try:
-        error = _serve(report_r, go_w, pid, mapping, forward)
-        if pty_parent is not None and error is None:
+        _serve(report_r, go_w, pid, mapping, forward, served)
+        if pty_parent is not None and served.error is None:
             _relay(pty_parent)
         status = _wait(pid)
     finally:
@@ -244,35 +250,49 @@ def _launch(launch: namespace.Launch, mapping: userns.Mapping) -> int:
             signal.signal(s, handler)  # type: ignore[arg-type]
         if pty_parent is not None:
             pty_parent.close()
-    if error is not None:
-        raise RunError(error[1], exit_code=error[0])
+        if served.slirp is not None:
+            from runner.network import stop_slirp
+            stop_slirp(served.slirp)
+    if served.error is not None:
+        raise RunError(served.error[1], exit_code=served.error[0])
     return status
 
 
+class _Served:
+    """What answering the children left behind: the first error, a slirp4netns to stop."""
+
+    def __init__(self) -> None:
+        self.error: tuple[int, str] | None = None
+        self.slirp: Slirp | None = None
+
+
 def _serve(report_r: int, go_w: int, pid: int, mapping: userns.Mapping,
-           forward: Forwarder) -> tuple[int, str] | None:
+           forward: Forwarder, served: _Served) -> None:
     """Answer the children until the report pipe closes (PID 1 exec'd, or they failed)."""
-    error = None
     with os.fdopen(report_r, "rb") as report:
         for raw in report:
             verb, _, rest = raw.decode(errors="replace").rstrip("\n").partition(" ")
-            if verb == "map":
+            if verb in ("map", "net"):
                 try:
-                    userns.write_parent_map(mapping, pid)
+                    if verb == "map":
+                        userns.write_parent_map(mapping, pid)
+                    else:
+                        from runner.network import start_slirp
+                        served.slirp = start_slirp(pid)
                     os.write(go_w, b"1")
                 except (OSError, RunError) as e:
                     os.write(go_w, b"0")
-                    error = (125, f"cannot write the user namespace maps: {e}")
+                    served.error = (125, str(e) if isinstance(e, RunError) else
+                                    f"cannot write the user namespace maps: {e}")
             elif verb == "pid":
                 forward.set_target(int(rest))
             elif verb == "warn":
                 import logging
                 logging.getLogger("runner").warning("%s", rest)
-            elif verb == "err" and error is None:
+            elif verb == "err" and served.error is None:
                 code, _, message = rest.partition(" ")
-                error = (int(code), message)
+                served.error = (int(code), message)
     os.close(go_w)
-    return error
 
 
 def _relay(sock: object) -> None:

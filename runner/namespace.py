@@ -52,7 +52,7 @@ class Launch:
     user: str
     hostname: str
     mapping: Mapping
-    net_none: bool = False
+    network: str = "host"            # host | none | private (the last two: own netns)
     tty: bool = False
     init: bool = False
     cgroup_paths: tuple[str, ...] = ()
@@ -63,7 +63,7 @@ class Launch:
 @dataclass(frozen=True, slots=True)
 class Channels:
     """The child ends of the runner's pipes."""
-    report: int        # child -> runner: "pid N", "map", "warn ...", "err CODE MSG"
+    report: int        # child -> runner: "map", "net", "pid N", "warn ...", "err CODE MSG"
     go: int            # runner -> child: one byte once the maps are written
     pty: int | None    # unix socket to send the pty master over (SCM_RIGHTS)
 
@@ -118,7 +118,7 @@ def _keeper(launch: Launch, ch: Channels) -> int:
     # New user namespace plus the others at once: they are then owned by the new user
     # namespace, where we hold every capability. PID applies to our next fork.
     flags = (libc.CLONE_NEWUSER | libc.CLONE_NEWPID | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
-             | (libc.CLONE_NEWNET if launch.net_none else 0))
+             | (0 if launch.network == "host" else libc.CLONE_NEWNET))
     libc.unshare(flags)
     # Map ids: our own map when unprivileged with a single id, else the runner writes it.
     if launch.mapping.by_parent:
@@ -127,6 +127,12 @@ def _keeper(launch: Launch, ch: Channels) -> int:
             return 125
     else:
         write_self_map(launch.mapping)
+    # --net private: the runner attaches slirp4netns to our network namespace now, before
+    # PID 1 exists, so the network is up when the command starts.
+    if launch.network == "private":
+        _say(ch, "net")
+        if os.read(ch.go, 1) != b"1":
+            return 125
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
     pid = os.fork()
@@ -216,7 +222,7 @@ def _container(launch: Launch, ch: Channels) -> None:
     if launch.sidecar and launch.mapping.kind == "wide":
         from runner.sidecar import apply_sidecar
         apply_sidecar(root_fd, launch.sidecar)
-    if launch.net_none:
+    if launch.network != "host":
         _loopback_up()
     if launch.tty:
         # After pivot_root the host's Python library is gone: import what the pty needs now.
@@ -406,7 +412,7 @@ _READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-tr
 
 
 def build_plan(*, rootfs: str, merged: str, upper: str, work: str, mapping: Mapping,
-               net_none: bool, hostname: str, resolv_conf: str,
+               own_netns: bool, hostname: str, resolv_conf: str,
                volumes: tuple[steps.BindMount, ...], read_only: bool) -> tuple[steps.Step, ...]:
     """The ordered mount plan (bubblewrap's setup_newroot, as data), each step with why."""
     nosuid, nodev, noexec = libc.MS_NOSUID, libc.MS_NODEV, libc.MS_NOEXEC
@@ -418,7 +424,7 @@ def build_plan(*, rootfs: str, merged: str, upper: str, work: str, mapping: Mapp
                     why="a fresh procfs shows only the new PID namespace's processes"),
         steps.Mount("sysfs", "/sys", libc.MS_RDONLY | nosuid | nodev | noexec,
                     why="our own network namespace allows a fresh, read-only sysfs")
-        if net_none else
+        if own_netns else
         steps.BindMount("/sys", "/sys", readonly=True,
                         why="with the host's netns a fresh sysfs is refused: bind it, all ro"),
         *(steps.ProtectPath(path, mask=True) for path in _MASKED),

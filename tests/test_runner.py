@@ -351,3 +351,34 @@ def test_closed_stdin_does_not_confuse_the_runner(box: Sandbox) -> None:
     done = subprocess.run(["sh", "-c", f"exec {cmd} <&-"], cwd=REPO, capture_output=True,
                           text=True, check=False)
     assert (done.returncode, done.stdout) == (4, "/dev/null\n"), done.stderr
+
+
+def _slirp_processes() -> int:
+    return sum(1 for pid in filter(str.isdigit, os.listdir("/proc"))
+               if _cmdline(pid).startswith("/usr/bin/slirp4netns\0")
+               or _cmdline(pid).startswith("slirp4netns\0"))
+
+
+@pytest.mark.skipif(shutil.which("slirp4netns") is None,
+                    reason="--net private needs slirp4netns (apt-get install slirp4netns)")
+def test_net_private_via_slirp4netns(box: Sandbox) -> None:
+    import socket
+    if box.rootless and not os.stat("/dev/net/tun").st_mode & 0o006:
+        out = box.run(["true"], network="private")
+        assert out.returncode == 125 and "/dev/net/tun" in out.stderr
+        pytest.skip("/dev/net/tun is not usable by user 65534 on this machine")
+    before = _slirp_processes()
+    with socket.socket() as server:  # the host's loopback must stay out of reach
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        out = sh(box, "ip -o -4 addr show tap0 | grep -o '10.0.2.100/24'; "
+                      "ip route | grep -o 'default via 10.0.2.2'; cat /etc/resolv.conf; "
+                      f"ls /sys/class/net; nc -w 3 10.0.2.2 {port} </dev/null && echo reached",
+                 network="private")
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    assert out.stdout.splitlines() == ["10.0.2.100/24", "default via 10.0.2.2",
+                                       "nameserver 10.0.2.3", "lo", "tap0"], out.stderr
+    assert _slirp_processes() == before  # stopped with the container

@@ -37,7 +37,7 @@ def test_docker_spellings() -> None:
 
 
 @pytest.mark.parametrize("argv", [[], ["-e"], ["--net", "bridge", "img"], ["--bogus", "img"],
-                                  ["--pull", "sometimes", "img"], ["--net", "private", "img"],
+                                  ["--pull", "sometimes", "img"], ["--net", "slirp", "img"],
                                   ["-m", "lots", "img"]])
 def test_bad_options_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(UsageError):

@@ -85,8 +85,8 @@ def test_runspec_validates(tmp_path: object) -> None:
     from pathlib import Path
     with pytest.raises(UsageError):
         RunSpec(rootfs=Path("/"), argv=())
-    with pytest.raises(UsageError, match="slirp4netns or pasta"):
-        RunSpec(rootfs=Path("/"), argv=("sh",), network="private")
+    with pytest.raises(UsageError, match="use host, none or private"):
+        RunSpec(rootfs=Path("/"), argv=("sh",), network="bridge")
     with pytest.raises(UsageError):
         RunSpec(rootfs=Path("/"), argv=("sh",), workdir="relative")
     with pytest.raises(UsageError):
