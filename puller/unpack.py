@@ -136,7 +136,7 @@ def _apply_one(applier: Applier, i: int, open_layer: Callable[[], BinaryIO], wan
 def _check_dest(dest: Path, force: bool) -> None:
     """DEST must be absent or an empty directory (not a symlink to one), unless forced."""
     try:
-        st = os.lstat(dest)
+        os.lstat(dest)
     except FileNotFoundError:
         return
     if force:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import hostile
-from fixtures.images import MTIME, D, E, F, H, L, OPQ, WH, compress, sha256, tar_layer
+from fixtures.images import D, E, F, H, L, OPQ, WH, compress, sha256, tar_layer
 from puller.errors import DiskFull, LayerError, LimitExceeded, UnsafeLayer
 from puller.layer.applier import remove_tree
 from puller.layer.reader import Limits
@@ -421,3 +421,47 @@ def test_remove_tree_of_a_very_deep_tree(tmp_path: Path) -> None:
     root = apply(tmp_path / "r", tar_layer(F("/".join(["d"] * 600) + "/f")))
     remove_tree(root)
     assert not root.exists()
+
+
+# --- order with files written by worker threads -------------------------------------------
+
+def test_same_path_twice_in_a_layer_last_wins(tmp_path: Path) -> None:
+    root = apply(tmp_path / "r", tar_layer(F("a", "1"), F("a", "2"), F("b", "x"), D("b"),
+                                           F("b/in"), F("c/f"), L("c", "b"), F("e", "e"),
+                                           H("h", "e")))
+    t = tree(root)
+    assert t["a"][4] == b"2" and t["b"][0] == "dir" and t["c"][:1] == ("symlink",)
+    assert "c/f" not in t and os.lstat(root / "h").st_ino == os.lstat(root / "e").st_ino
+
+
+def test_many_files_then_whiteouts_in_the_same_and_next_layer(tmp_path: Path) -> None:
+    files = [F(f"d{i % 7}/f{i}", str(i)) for i in range(500)]
+    root = apply(tmp_path / "r", tar_layer(*files, WH("d3"), OPQ("d4")),
+                 tar_layer(WH("d5"), OPQ("d6"), F("d6/new")))
+    t = tree(root)
+    assert sum(p.startswith("d3/") for p in t) == len(range(3, 500, 7))  # same layer: kept
+    assert sum(p.startswith("d4/") for p in t) == len(range(4, 500, 7))
+    assert "d5" not in t and [p for p in t if p.startswith("d6/")] == ["d6/new"]
+    assert t["d0/f0"][4] == b"0" and t["d1/f498"][4] == b"498"
+
+
+def test_serial_and_threaded_applies_agree(tmp_path: Path) -> None:
+    import puller.layer.applier as applier_mod
+    from puller.layer.applier import Applier
+    from puller.layer.reader import LayerReader
+    layers = [tar_layer(*[F(f"x/{i % 5}/f{i}", str(i), mode=0o600 + i % 8) for i in range(300)],
+                        H("x/h", "x/1/f1"), D("x/2", mode=0o700)),
+              tar_layer(WH("x/0"), F("x/1/f1", "new"), L("x/3", "2"))]
+    trees = []
+    for workers in (1, 4):
+        dest = tmp_path / f"w{workers}"
+        dest.mkdir()
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with Applier(fd, workers=workers) as ap:
+                for t in layers:
+                    ap.apply(LayerReader(io.BytesIO(t)))
+        finally:
+            os.close(fd)
+        trees.append(tree(dest))
+    assert trees[0] == trees[1] and applier_mod._ASYNC_BATCH > 1

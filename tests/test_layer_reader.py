@@ -236,3 +236,16 @@ def test_reads_files_as_a_stream_not_whole() -> None:
     next(iter(reader))
     sizes = [len(c) for c in reader.read_chunks()]
     assert sum(sizes) == 5 << 20 and max(sizes) <= 1 << 20
+
+
+def test_stdlib_zlib_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The optional ISA-L inflater and stdlib zlib behave alike on every edge."""
+    import zlib
+    import puller.layer.reader as reader_mod
+    monkeypatch.setattr(reader_mod, "_inflate_mod", zlib)
+    assert read_all(hostile.multi_member_gzip(SAMPLE, 4))[2].diff_id == sha256(SAMPLE)
+    blob = compress(SAMPLE, "gzip")
+    with pytest.raises(LayerError, match="truncated"):
+        LayerReader(io.BytesIO(blob[:-9])).finish()
+    with pytest.raises(LayerError, match="garbage"):
+        LayerReader(io.BytesIO(blob + b"junk")).finish()

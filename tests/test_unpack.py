@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from fixtures import hostile
-from fixtures.images import D, E, F, H, L, WH, compress, sha256, tar_layer
+from fixtures.images import D, E, F, H, WH, compress, sha256, tar_layer
 from puller.errors import DigestMismatch, LayerError, UnpackError
-from puller.layer.applier import remove_tree
 from puller.unpack import UnpackEvent, unpack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +168,6 @@ import json, sys
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 from puller.unpack import unpack
-from puller.layer.applier import remove_tree
 base = Path(sys.argv[1])
 diff = json.loads((base / "diffids.json").read_text())
 srcs = [lambda p=p: open(p, "rb") for p in sorted(base.glob("layer*"))]
