@@ -111,7 +111,11 @@ def _make_dirs(spec: RunSpec, cid: str) -> _Dirs:
     if spec.name is not None:
         from runner.containers import create_container
         assert spec.containers_dir is not None
-        named = str(create_container(spec.containers_dir, spec.name, cid, spec))
+        try:
+            named = str(create_container(spec.containers_dir, spec.name, cid, spec))
+        except BaseException:
+            namespace.remove_tree(tmp)
+            raise
         return tmp, f"{named}/upper", f"{named}/work", named
     os.mkdir(f"{tmp}/upper")
     os.mkdir(f"{tmp}/work")

@@ -242,6 +242,7 @@ def _container(launch: Launch, ch: Channels) -> None:
     if launch.init:
         # The reaper's handlers go in before the fork, so no early signal is lost.
         from runner.init import FORWARDED, Forwarder, reap
+        _limit_caps()  # the reaper, too, keeps only Docker's default set
         forward = Forwarder()
         forward.install(FORWARDED)
         child = os.fork()
@@ -360,6 +361,12 @@ def _drop_bounding_caps() -> None:
             libc.prctl(libc.PR_CAPBSET_DROP, cap)
 
 
+def _limit_caps() -> None:
+    """Effective and permitted capabilities cut to Docker's default set."""
+    mask = sum(1 << cap for cap in DEFAULT_CAPS)
+    libc.capset(mask, mask, 0)
+
+
 def _become(ident: Identity, mapping: Mapping) -> None:
     """Switch to the image user; as root, keep only Docker's default capabilities."""
     if mapping.kind != "single":
@@ -367,8 +374,7 @@ def _become(ident: Identity, mapping: Mapping) -> None:
     os.setresgid(ident.gid, ident.gid, ident.gid)
     os.setresuid(ident.uid, ident.uid, ident.uid)
     if ident.uid == 0:
-        mask = sum(1 << cap for cap in DEFAULT_CAPS)
-        libc.capset(mask, mask, 0)
+        _limit_caps()
     # A uid change clears the parent-death signal: set it again.
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
 

@@ -303,6 +303,7 @@ def test_named_container_keeps_its_layer(box: Sandbox) -> None:
     assert (box.containers / "keeper/upper/root/note").read_text() == "kept\n"
     again = sh(box, "true", name="keeper", containers_dir=str(box.containers))
     assert again.returncode == 125 and "already in use" in again.stderr
+    assert os.listdir(box.state) == []
     rows = list_containers(box.containers)
     assert [(r.name, r.image, r.status) for r in rows] == [("keeper", "busybox:test",
                                                              "exited (0)")]
