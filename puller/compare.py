@@ -214,10 +214,13 @@ def _cache_path(store: Any, digest: str) -> Any:
     return store.root / "meta" / "compare" / f"{digest.replace(':', '-')}.v{_SCAN_FORMAT}.json.gz"
 
 
-def _load_scan(store: Any, layer: LayerRef) -> LayerScan | None:
+def _load_scan(store: Any, layer: LayerRef, *, hashed: bool) -> LayerScan | None:
+    """The cached scan of ``layer`` (one with every content hash if ``hashed``)."""
     try:
         with gzip.open(_cache_path(store, layer.digest), "rt", encoding="utf-8") as f:
             doc = json.load(f)
+        if (hashed and not doc["hashed"]) or (layer.diff_id and doc["diff_id"] != layer.diff_id):
+            return None
         entries = tuple(Node.from_cache(row, layer.index) for row in doc["entries"])
         return LayerScan(layer.index, entries, tuple(doc["whiteouts"]), tuple(doc["opaques"]),
                          doc["diff_id"], doc["size"], doc["compression"])
@@ -225,12 +228,12 @@ def _load_scan(store: Any, layer: LayerRef) -> LayerScan | None:
         return None
 
 
-def _save_scan(store: Any, digest: str, scan: LayerScan) -> None:
+def _save_scan(store: Any, digest: str, scan: LayerScan, *, hashed: bool) -> None:
     """Atomically write the scan next to the cache's other blob facts; failures only log."""
     path = _cache_path(store, digest)
     doc = {"entries": [n.to_cache() for n in scan.entries], "whiteouts": list(scan.whiteouts),
            "opaques": list(scan.opaques), "diff_id": scan.diff_id, "size": scan.size,
-           "compression": scan.compression}
+           "compression": scan.compression, "hashed": hashed}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
@@ -246,19 +249,20 @@ def scan_layer(layer: LayerRef, *, store: Any = None, progress: Progress | None 
                hash_content: bool | Callable[[str], bool] = True) -> LayerScan:
     """Read one layer once: entries, whiteouts, content hashes and the DiffID (checked).
 
-    With ``store`` (the puller cache) the result is kept under ``meta/compare/`` keyed by the
-    blob digest, and a later call returns it without opening the blob; such scans always
-    hash contents. Without a store, ``hash_content=False`` leaves ``Node.digest`` empty for
-    callers that only need names and sizes (``layers``), and a predicate hashes only the
-    paths it accepts (a diff's shared base: only what the upper layers touch)."""
-    if store is not None:
+    ``hash_content=False`` leaves ``Node.digest`` empty for callers that only need names
+    and sizes (``layers``); a predicate hashes only the paths it accepts (a diff's shared
+    base: what the upper layers touch). With ``store`` (the puller cache) the result is kept
+    under ``meta/compare/`` keyed by the blob digest, and a later call returns it without
+    opening the blob; there a predicate means all (the kept scan serves every later use),
+    and a scan kept without hashes is taken again only by callers that need none."""
+    if store is not None and callable(hash_content):
         hash_content = True
     wants: Callable[[str], bool] = (hash_content if callable(hash_content)
                                     else (lambda _path: True) if hash_content
                                     else (lambda _path: False))
     if store is not None:
-        cached = _load_scan(store, layer)
-        if cached is not None and (not layer.diff_id or cached.diff_id == layer.diff_id):
+        cached = _load_scan(store, layer, hashed=hash_content is True)
+        if cached is not None:
             return cached
     if progress:
         progress({"event": "layer-scan", "index": layer.index, "digest": layer.digest,
@@ -297,7 +301,7 @@ def scan_layer(layer: LayerRef, *, store: Any = None, progress: Progress | None 
     scan = LayerScan(layer.index, tuple(entries), tuple(whiteouts), tuple(opaques), diff_id,
                      size, compression)
     if store is not None:
-        _save_scan(store, layer.digest, scan)
+        _save_scan(store, layer.digest, scan, hashed=hash_content is True)
     return scan
 
 

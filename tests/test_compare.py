@@ -309,3 +309,20 @@ def test_unchanged_rewrite_on_top_of_a_shared_base_is_no_change():
     b = image_input(build_image([base, tar_layer(D("etc"), F("etc/conf", "same"))]))
     result = diff(a, b)
     assert result.same and result.layers_read == 2
+
+
+def test_a_scan_kept_without_hashes_is_redone_for_a_diff(tmp_path):
+    store = Store(tmp_path / "cache").ensure()
+    opened: list[int] = []
+    img = multi(opened)
+    analyse(img, store=store)  # names and sizes only
+    assert sorted(opened) == [1, 2, 3, 4]
+    opened.clear()
+    analyse(img, store=store)
+    assert opened == []
+    result = diff(replace(img, upto=2), replace(multi(opened), upto=3), store=store)
+    assert [c.what for c in result.changes if c.path == "modeonly"] == [("mode",)]
+    assert sorted(opened) == [1, 2, 3]  # hashed now, and kept so
+    opened.clear()
+    again = diff(replace(img, upto=2), replace(multi(opened), upto=3), store=store)
+    assert again.changes == result.changes and again.layers_read == 0 and opened == []
