@@ -65,7 +65,10 @@ def _pump(master: int, stdin: int, stdout: int, is_tty: bool) -> None:
                 raise
             if not data:
                 return
-            _write_all(stdout, data)
+            try:
+                _write_all(stdout, data)
+            except BrokenPipeError:  # nobody reads us: closing the master hangs up the tty
+                return
         if stdin in ready:
             data = os.read(stdin, 65536)
             if data:
