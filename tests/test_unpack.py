@@ -168,6 +168,7 @@ import json, sys
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 from puller.unpack import unpack
+from puller.layer.applier import remove_tree
 base = Path(sys.argv[1])
 diff = json.loads((base / "diffids.json").read_text())
 srcs = [lambda p=p: open(p, "rb") for p in sorted(base.glob("layer*"))]
