@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import typer
 
@@ -20,6 +20,10 @@ from .common import (
     handle_errors,
 )
 from .options import offline_default, progress_for, registry_options
+
+if TYPE_CHECKING:
+    from ..image import CachedImage
+    from ..store import Store
 from .output import emit_json
 
 OutputOpt = Annotated[str | None, typer.Option(
@@ -44,8 +48,27 @@ def _output(target: str | None) -> Path | BinaryIO:
     return Path(target)
 
 
+def _image(image: str, *, cache: Path | None, wanted: Any, offline: bool, progress: Any,
+           mirrors: list[str] | None, insecure: list[str] | None) -> tuple[Store, CachedImage]:
+    """``(store, CachedImage)``: from the cache when it is complete there (without loading
+    the HTTP stack at all), else pulled first unless offline."""
+    from ..image import lookup_ref, resolve
+    from ..reference import parse
+    from ..store import Store
+    from .unpack import resolve_image
+    store = Store(cache)
+    entry = lookup_ref(store, parse(image)) if store.exists() else None
+    img = resolve(store, entry, wanted) if entry is not None else None
+    if img is not None:
+        return store, img
+    pulled: tuple[Store, CachedImage] = resolve_image(
+        image, cache=cache, wanted=wanted, offline=offline, progress=progress,
+        options=None if offline else registry_options(mirrors, insecure))
+    return pulled
+
+
 @handle_errors
-def save_cmd(images: list[str] = typer.Argument(..., metavar="IMAGE...", help="One or more images."),
+def save_cmd(images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="One or more images.")],
              output: OutputOpt = None,
              fmt: str = typer.Option("docker", "--format", help="docker (docker-archive) or oci (OCI image layout tar)."),
              compress: bool = typer.Option(False, "--compress", help="docker format: keep the registry's compressed layers."),
@@ -55,21 +78,21 @@ def save_cmd(images: list[str] = typer.Argument(..., metavar="IMAGE...", help="O
     from ..archive import SaveItem, save
     from ..errors import UsageError
     from ..platform import parse_platform
-    from .unpack import resolve_image
     if fmt not in ("docker", "oci"):
         raise UsageError(f"invalid --format {fmt!r}: expected docker or oci")
     wanted = parse_platform(platform)
     out = _output(output)
     prog = progress_for(quiet, progress, verbose)
     try:
-        items: dict[str, tuple[Any, list[str]]] = {}
-        store: Any = None
+        items: dict[str, tuple[CachedImage, list[str]]] = {}
+        store: Store | None = None
         for image in images:
-            store, img = resolve_image(image, cache=cache, wanted=wanted, offline=offline_default(offline),
-                                       progress=prog, options=registry_options(registry_mirror, insecure_registry))
+            store, img = _image(image, cache=cache, wanted=wanted, offline=offline_default(offline),
+                                progress=prog, mirrors=registry_mirror, insecure=insecure_registry)
             names = items.setdefault(img.local_digest, (img, []))[1]
             if img.name not in names:
                 names.append(img.name)
+        assert store is not None  # typer requires at least one IMAGE
         save([SaveItem(img, tuple(names)) for img, names in items.values()], out,
              store=store, fmt=fmt, compress=compress, progress=prog)
     finally:
@@ -108,13 +131,12 @@ def export_cmd(image: str = typer.Argument(..., metavar="IMAGE"), output: Output
                registry_mirror: MirrorOpt = None, insecure_registry: InsecureOpt = None) -> int:
     from ..archive import export
     from ..platform import parse_platform
-    from .unpack import resolve_image
     out = _output(output)
     prog = progress_for(quiet, progress, verbose)
     try:
-        store, img = resolve_image(image, cache=cache, wanted=parse_platform(platform),
-                                   offline=offline_default(offline), progress=prog,
-                                   options=registry_options(registry_mirror, insecure_registry))
+        store, img = _image(image, cache=cache, wanted=parse_platform(platform),
+                            offline=offline_default(offline), progress=prog,
+                            mirrors=registry_mirror, insecure=insecure_registry)
         export(img, out, store, progress=prog)
     finally:
         prog.close()
