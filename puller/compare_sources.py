@@ -18,6 +18,7 @@ import functools
 import json
 import re
 import tarfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -187,11 +188,59 @@ def _member(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], name: str
     return f.read(64 << 20)
 
 
+class _Slice:
+    """One member of an uncompressed archive, read through its own file handle (scans of
+    several layers run in threads; a shared tarfile handle would mix their reads)."""
+
+    def __init__(self, path: Path, offset: int, size: int) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close(), as LayerReader does
+        self._f.seek(offset)
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _Locked:
+    """A member of a compressed archive: every read seeks the shared stream, under a lock."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        with self._lock:
+            f = tar.extractfile(member)
+        if f is None:
+            raise ArchiveError(f"{member.name} is not a file")
+        self._f = f
+
+    def read(self, n: int = -1) -> bytes:
+        with self._lock:
+            return self._f.read(n)
+
+    def close(self) -> None:
+        self._f.close()
+
+
 def _open_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> Any:
-    f = tar.extractfile(member)
-    if f is None:
+    if not member.isfile():
         raise ArchiveError(f"{path}: {member.name} is not a file")
-    return f
+    if _compressed(path):
+        return _Locked(tar, member)
+    return _Slice(path, member.offset_data, member.size)
+
+
+@functools.lru_cache(maxsize=8)
+def _compressed(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return head[:2] == b"\x1f\x8b" or head[:4] == b"\x28\xb5\x2f\xfd" or head[:3] == b"BZh" \
+        or head[:6] == b"\xfd7zXZ\x00"
 
 
 def _pick(manifest: list[Any], ref: str | None, path: Path) -> dict[str, Any]:

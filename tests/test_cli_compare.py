@@ -3,6 +3,7 @@
 (and ``umoci unpack``) make of A and B, computed here by walking both trees."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -204,6 +205,10 @@ def test_diff_of_an_oci_layout_and_a_docker_archive(tmp_path, puller):
     assert [layer.diff_id for layer in direct.layers] == build_image(other).diff_ids
     one = image_input(build_image(layers, fmt="oci"))
     assert [(c.path, c.what) for c in diff(one, direct).changes] == [("app", ("content", "mode"))]
+    zipped = tmp_path / "img.tar.gz"
+    zipped.write_bytes(gzip.compress(archive.read_bytes()))  # docker save | gzip
+    assert [(c.path, c.what) for c in diff(one, docker_archive(zipped)).changes] == [
+        ("app", ("content", "mode"))]
     assert not any((tmp_path / "layout").glob("meta"))  # a user's layout is never written
 
 
@@ -372,7 +377,6 @@ def _docker_archive(path: Path, image, tag: str) -> Path:
 
 
 def _gunzip(blob: bytes) -> bytes:
-    import gzip
     return gzip.decompress(blob)
 
 

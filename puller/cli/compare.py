@@ -97,8 +97,10 @@ class _Context:
             return store, img
         from .unpack import resolve_image
         options = None if self.offline else registry_options(self._mirrors, self._insecure)
-        return resolve_image(ref, cache=self.cache, wanted=self.wanted, offline=self.offline,
-                             progress=self.progress, options=options)
+        pulled: tuple[Any, Any] = resolve_image(
+            ref, cache=self.cache, wanted=self.wanted, offline=self.offline,
+            progress=self.progress, options=options)
+        return pulled
 
     def open(self, spec: str) -> Any:
         from ..compare_sources import open_input
@@ -444,7 +446,8 @@ def diff_cmd(a: str = typer.Argument(..., metavar="A", help="Image (or A@N with 
              platform: PlatformOpt = None, cache: CacheOpt = None, offline: OfflineOpt = False,
              json_out: JsonOpt = False, quiet: QuietOpt = False,
              registry_mirror: MirrorOpt = None, insecure_registry: InsecureOpt = None) -> None:
-    """Exit status as diff(1): 0 same, 1 different, 2 trouble (any error)."""
+    """Exit status as diff(1): 0 same, 1 different, 2 trouble (any error; 130 on ^C, 141
+    when the output pipe closes)."""
     from ..errors import PullerError
     setup_logging(verbose)
     try:
@@ -455,8 +458,8 @@ def diff_cmd(a: str = typer.Argument(..., metavar="A", help="Image (or A@N with 
     except KeyboardInterrupt:
         sys.stderr.write("puller: interrupted\n")
         raise typer.Exit(130) from None
-    except BrokenPipeError:
-        raise typer.Exit(2) from None
+    except BrokenPipeError:  # the reader went away (| head): as the other commands do
+        raise typer.Exit(141) from None
     raise typer.Exit(code)
 
 
