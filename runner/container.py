@@ -205,7 +205,8 @@ def run(spec: RunSpec) -> int:
             user=spec.user, hostname=hostname, mapping=mapping, network=spec.network, tty=tty,
             init=spec.init, cgroup_paths=() if cgroup is None else cgroup.paths,
             sidecar=None if spec.sidecar is None else str(spec.sidecar),
-            cleanup=(tmp,) if named is None else (tmp, f"{work}/work"))
+            cleanup=(tmp,) if named is None else (tmp, f"{work}/work"),
+            ignored=tuple(s for s in _FORWARDED if signal.getsignal(s) == signal.SIG_IGN))
         status = _launch(launch, mapping)
         return status
     finally:

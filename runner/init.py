@@ -41,8 +41,10 @@ class Forwarder:
             pass
 
     def install(self, signals: tuple[int, ...]) -> dict[int, object]:
-        """Handle ``signals``; return the previous handlers."""
-        return {s: signal.signal(s, self) for s in signals}
+        """Handle ``signals``, except those ignored on purpose (``nohup`` ignores SIGHUP:
+        it stays ignored); return the previous handlers."""
+        return {s: signal.signal(s, self) for s in signals
+                if signal.getsignal(s) != signal.SIG_IGN}
 
     def set_target(self, pid: int) -> None:
         self.target = pid

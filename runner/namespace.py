@@ -58,6 +58,7 @@ class Launch:
     cgroup_paths: tuple[str, ...] = ()
     sidecar: str | None = None
     cleanup: tuple[str, ...] = ()    # directories the keeper removes after PID 1 exits
+    ignored: tuple[int, ...] = ()    # signals the runner's caller ignores (nohup): kept so
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,9 +390,10 @@ def _exec(launch: Launch, ch: Channels, ident: Identity, env: dict[str, str],
         for fd in (0, 1, 2):
             os.dup2(slave, fd)
     _become(ident, launch.mapping)
-    # Python ignores SIGPIPE (and the keeper others): give the command default dispositions.
+    # Python ignores SIGPIPE (and the keeper others): give the command default dispositions,
+    # except for what our own caller chose to ignore.
     for signum in _RESET_SIGNALS:
-        signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signum, signal.SIG_IGN if signum in launch.ignored else signal.SIG_DFL)
     # Close every fd but 0-2 (the report pipe is close-on-exec and says if exec fails).
     report = ch.report
     if report > 3:

@@ -383,3 +383,21 @@ def test_net_private_via_slirp4netns(box: Sandbox) -> None:
     assert out.stdout.splitlines() == ["10.0.2.100/24", "default via 10.0.2.2",
                                        "nameserver 10.0.2.3", "lo", "tap0"], out.stderr
     assert _slirp_processes() == before  # stopped with the container
+
+
+def test_signals_ignored_by_the_caller_stay_ignored(box: Sandbox) -> None:
+    """`nohup pull-and-run ...`: SIGHUP ignored by the caller is not forwarded, and the
+    command inherits the ignore; everything else starts with default dispositions."""
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
+    ours = {s for s in forwarded if signal.getsignal(s) == signal.SIG_IGN}  # e.g. a harness's
+
+    def mask(signals: set[int]) -> str:
+        return f"{sum(1 << (s - 1) for s in signals):016x}"
+
+    probe = ["grep", "SigIgn", "/proc/self/status"]  # no shell: ash ignores some itself
+    plain = box.run(probe)
+    assert plain.stdout.split()[1] == mask(ours), plain.stderr  # SIGPIPE is not ignored
+    cmd = " ".join(f"'{part}'" for part in box.command(probe))
+    done = subprocess.run(["sh", "-c", f"trap '' HUP; exec {cmd}"], cwd=REPO, text=True,
+                          capture_output=True, check=False)
+    assert done.stdout.split()[1] == mask(ours | {signal.SIGHUP}), done.stderr
