@@ -162,6 +162,7 @@ class LayerRef:
     media_type: str
     open: Callable[[], BinaryIO] = field(repr=False, compare=False)
     created_by: str = ""
+    cache: Any = field(default=None, repr=False, compare=False)  # a Store keeping its scan
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +255,9 @@ def scan_layer(layer: LayerRef, *, store: Any = None, progress: Progress | None 
     base: what the upper layers touch). With ``store`` (the puller cache) the result is kept
     under ``meta/compare/`` keyed by the blob digest, and a later call returns it without
     opening the blob; there a predicate means all (the kept scan serves every later use),
-    and a scan kept without hashes is taken again only by callers that need none."""
+    and a scan kept without hashes is taken again only by callers that need none. Without
+    ``store``, the layer's own ``cache`` (set for layers of the puller cache) is used."""
+    store = store if store is not None else layer.cache
     if store is not None and callable(hash_content):
         hash_content = True
     wants: Callable[[str], bool] = (hash_content if callable(hash_content)

@@ -52,8 +52,9 @@ def split_layer(spec: str) -> tuple[str, int | None]:
     return m.group("spec"), n
 
 
-def from_cached(store: Any, img: Any, name: str) -> ImageInput:
-    """An ImageInput over a :class:`puller.image.CachedImage` of ``store``."""
+def from_cached(store: Any, img: Any, name: str, *, keep_scans: bool = False) -> ImageInput:
+    """An ImageInput over a :class:`puller.image.CachedImage` of ``store``; with
+    ``keep_scans`` (the puller cache) layer scans are kept in ``store``'s meta."""
     config = img.config
     layers = img.manifest.layers
     diff_ids = img.diff_ids
@@ -63,7 +64,8 @@ def from_cached(store: Any, img: Any, name: str) -> ImageInput:
     history = history_of(config, len(layers))
     refs = tuple(
         LayerRef(i + 1, d.digest, diff_ids[i], d.size, d.media_type,
-                 functools.partial(store.open_blob, d.digest, d.size), history[i])
+                 functools.partial(store.open_blob, d.digest, d.size), history[i],
+                 store if keep_scans else None)
         for i, d in enumerate(layers))
     return ImageInput(name, config, refs, str(img.platform), img.manifest_digest,
                       img.manifest.media_type)
@@ -86,7 +88,7 @@ def open_input(spec: str, *, wanted: Any, resolve_image: Callable[[str], tuple[A
         store, img = resolve_image(base)
         if img is None:
             raise NotCached(f"{base} is not complete in the cache for {wanted}")
-        source = Source(from_cached(store, img, base), store)
+        source = Source(from_cached(store, img, base, keep_scans=True), store)
     if upto is not None:
         if upto > len(source.image.layers):
             raise UsageError(f"{base} has {len(source.image.layers)} layers; there is no "

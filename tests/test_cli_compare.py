@@ -385,3 +385,14 @@ def test_layers_of_symlinks_only_image(tmp_path, puller):
     code, out, _ = puller("layers", f"oci:{tmp_path / 'l'}:x", "--json")
     doc = json.loads(out)
     assert code == 0 and doc["summary"]["efficiency"] == 1.0 and doc["summary"]["entries"] == 1
+
+
+def test_only_the_puller_cache_keeps_layer_scans(registry, puller, cache_dir, tmp_path):
+    other = build_image([tar_layer(F("x", "x"))], fmt="oci")
+    write_oci_layout(tmp_path / "layout", {"x": other})
+    code, _, _ = puller("diff", ref(registry, "alpine:3.10"), f"oci:{tmp_path / 'layout'}:x")
+    assert code == 1
+    kept = {p.name.split(".")[0] for p in (cache_dir / "meta" / "compare").iterdir()}
+    alpine = catalog()["library/alpine:3.10"].children[0]
+    assert kept == {d.replace(":", "-") for d in alpine.layer_digests}
+    assert not (tmp_path / "layout" / "meta").exists()

@@ -474,9 +474,9 @@ def _diff(**kw: Any) -> int:
     if kw["layer"]:
         if sa.image.upto is None or sb.image.upto is None:
             raise UsageError("--layer compares two layers: give them as A@N B@M")
-        result = diff_layers(sa.image, sb.image, store=sa.cache or sb.cache, mtime=kw["mtime"])
+        result = diff_layers(sa.image, sb.image, mtime=kw["mtime"])  # layers know their cache
     else:
-        result = diff(sa.image, sb.image, store=sa.cache or sb.cache, mtime=kw["mtime"])
+        result = diff(sa.image, sb.image, mtime=kw["mtime"])
     subtree = _user_path(kw["filter_"]) if kw["filter_"] else None
     changes = [c for c in result.changes if _keep(c, subtree, only)]
     config = list(result.config) if subtree is None and only is None else []
