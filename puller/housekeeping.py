@@ -638,7 +638,7 @@ def _rebuild_index(store: Store, local: str, original: Index) -> str:
 
 
 def _refetch(store: Store, repo_path: str, desc: Descriptor, options, emit: Emit) -> None:
-    from .pull import _Counter, fetch_blob
+    from .pull import ByteCounter, fetch_blob
     from .registry import Registry, RegistryOptions
     registry, _, repo = repo_path.partition("/")
     reg = Registry(registry, options or RegistryOptions.build(), on_event=emit)
@@ -651,4 +651,4 @@ def _refetch(store: Store, repo_path: str, desc: Descriptor, options, emit: Emit
         else:
             store.put_bytes(m.raw, desc.digest)
             return
-    fetch_blob(reg, store, repo, desc, emit, _Counter())
+    fetch_blob(reg, store, repo, desc, emit, ByteCounter())

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import (DigestMismatch, NetworkError, NotCached, PullerError, RegistryError)
-from .image import is_complete, lookup_ref, platform_child, resolve
+from .errors import (DigestMismatch, NetworkError, NotCached, PullerError)
+from .image import lookup_ref, resolve
 from .manifest import (INDEX_TYPES, REGISTRY_DIGEST, Descriptor, Index, Manifest, parse)
 from .platform import Platform, select
 from .registry import Registry, RegistryOptions
@@ -108,13 +108,12 @@ def _pull_online(ref, reg: Registry, store: Store, wanted: Platform, jobs: int, 
             ident = head.digest  # GET by digest: what we fetch is what HEAD named
     top = _get_manifest(reg, store, repo, ident)
     emit({"event": "resolved", "ref": name, "digest": top.digest, "mediaType": top.media_type})
-    counter = _Counter()
+    counter = ByteCounter()
     if isinstance(top, Index):
-        local_top, manifest, child_digest = _pull_index(reg, store, repo, top, wanted, name, emit, jobs, counter)
+        local_top = _pull_index(reg, store, repo, top, wanted, name, emit, jobs, counter)
     else:
-        manifest, child_digest = top, top.digest
-        _fetch_image(reg, store, repo, manifest, emit, jobs, counter)
-        local_top = _store_twin(store, manifest)
+        _fetch_image(reg, store, repo, top, emit, jobs, counter)
+        local_top = _store_twin(store, top)
     store.set_ref(name, local_top, registry_digest=top.digest, registry_media_type=top.media_type)
     entry = lookup_ref(store, ref)
     img = resolve(store, entry, wanted) if entry else None
@@ -154,7 +153,7 @@ def _pull_index(reg, store, repo, index: Index, wanted, name, emit, jobs, counte
         raise PullerError(f"{name}: nested indexes are not supported")
     _fetch_image(reg, store, repo, m, emit, jobs, counter)
     if index.media_type == INDEX_TYPES[0]:  # already OCI: the layout refers to it as it is
-        return Descriptor(index.media_type, index.digest, len(index.raw)), m, child.digest
+        return Descriptor(index.media_type, index.digest, len(index.raw))
     # A Docker manifest list: an OCI index over the OCI twins of the platforms we hold,
     # keeping the ones pulled earlier for the same list.
     prev = store.get_ref(name)
@@ -167,11 +166,13 @@ def _pull_index(reg, store, repo, index: Index, wanted, name, emit, jobs, counte
     children[str(child.platform)] = twin
     local = index.with_children(list(children.values()))
     store.put_bytes(local.raw, local.digest)
-    return (Descriptor(local.media_type, local.digest, len(local.raw),
-                       annotations=((REGISTRY_DIGEST, index.digest),)), m, child.digest)
+    return Descriptor(local.media_type, local.digest, len(local.raw),
+                      annotations=((REGISTRY_DIGEST, index.digest),))
 
 
-class _Counter:
+class ByteCounter:
+    """Bytes downloaded, summed across the threads of one pull."""
+
     def __init__(self) -> None:
         self.n = 0
         self._lock = threading.Lock()
@@ -181,7 +182,7 @@ class _Counter:
             self.n += k
 
 
-def _fetch_image(reg, store: Store, repo: str, m: Manifest, emit, jobs: int, counter: _Counter) -> None:
+def _fetch_image(reg, store: Store, repo: str, m: Manifest, emit, jobs: int, counter: ByteCounter) -> None:
     """The config and every layer of ``m`` into the cache, in parallel, each blob once."""
     wanted: dict[str, Descriptor] = {}
     for d in (m.config, *m.layers):
@@ -207,7 +208,7 @@ def _fetch_image(reg, store: Store, repo: str, m: Manifest, emit, jobs: int, cou
             raise errors[0]
 
 
-def fetch_blob(reg, store: Store, repo: str, d: Descriptor, emit, counter: _Counter) -> None:
+def fetch_blob(reg, store: Store, repo: str, d: Descriptor, emit, counter: ByteCounter) -> None:
     """One blob into the cache: under its lock, resumable, verified; a digest failure is
     fetched once more from scratch before it is reported."""
     import requests
@@ -234,7 +235,7 @@ def fetch_blob(reg, store: Store, repo: str, d: Descriptor, emit, counter: _Coun
                 raise
 
 
-def _download(reg, repo: str, d: Descriptor, w, emit, counter: _Counter, requests) -> None:
+def _download(reg, repo: str, d: Descriptor, w, emit, counter: ByteCounter, requests) -> None:
     """Stream ``d`` into writer ``w``, continuing from ``w.offset`` after each break."""
     breaks = 0
     retries = (reg.options.retry.retries if reg.options.retry else 4) + 2

@@ -369,7 +369,7 @@ def _complete_index(store: Store, entry: RefEntry, index: Index, *, offline: boo
 def _fetch_children(store: Store, entry: RefEntry, missing: list[Descriptor], options,
                     emit: Emit) -> None:
     """Fetch missing index children (manifests and blobs) from where the image came from."""
-    from .pull import _Counter, fetch_blob
+    from .pull import ByteCounter, fetch_blob
     from .registry import Registry
     for registry, repo in _source_repos(store, entry):
         try:
@@ -381,7 +381,7 @@ def _fetch_children(store: Store, entry: RefEntry, missing: list[Descriptor], op
                 if isinstance(m, Manifest):
                     for d in (m.config, *m.layers):
                         if not d.urls and not store.has_blob(d.digest, d.size):
-                            fetch_blob(reg, store, repo, d, emit, _Counter())
+                            fetch_blob(reg, store, repo, d, emit, ByteCounter())
             return
         except PullerError as e:
             log.info("cannot fetch the missing entries from %s/%s: %s", registry, repo, e)

@@ -12,12 +12,12 @@ import ipaddress
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-from .errors import (ManifestError, NetworkError, NotFound, PullerError, RegistryError,
+from .errors import (ManifestError, NetworkError, PullerError, RegistryError,
                      UsageError, DigestMismatch)
 from .manifest import MANIFEST_ACCEPT, MAX_MANIFEST_SIZE, Index, Manifest, digest_of, parse
 

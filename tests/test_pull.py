@@ -12,7 +12,6 @@ import requests
 
 from fixtures import cli
 from fixtures.images import F, build_image, tar_layer
-from fixtures.push import Pusher
 from puller.errors import AuthError, NotCached, NotFound, PlatformError
 from puller.manifest import REGISTRY_DIGEST, parse
 from puller.platform import Platform, parse_platform

@@ -15,7 +15,7 @@ def build() -> typer.Typer:
     app = typer.Typer(name="puller", no_args_is_help=True, add_completion=False,
                       context_settings={"help_option_names": ["-h", "--help"]},
                       help="Pull, cache, unpack, compare and run container images without a Docker daemon.",
-                      pretty_exceptions_enable=False)
+                      pretty_exceptions_enable=False, rich_markup_mode=None)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"{__package__}.{name}")

@@ -6,7 +6,6 @@ means the same thing (and has Docker's name, where Docker has one) everywhere.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional

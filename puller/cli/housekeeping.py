@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
@@ -15,6 +14,7 @@ from .common import (
     JsonOpt,
     MirrorOpt,
     OfflineOpt,
+    PlatformOpt,
     ProgressOpt,
     QuietOpt,
     VerboseOpt,
@@ -25,11 +25,6 @@ from .common import (
     registry_options,
 )
 from .output import emit_json, human_size
-
-# common.PlatformOpt's help has "[/variant]", which rich reads as markup and --help crashes
-PlatformOpt = Annotated[str | None, typer.Option(
-    "--platform", show_default=False,
-    help="os/arch or os/arch/variant, e.g. linux/arm64 (default: this host).")]
 
 
 def register(app: typer.Typer) -> None:
