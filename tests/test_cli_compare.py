@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.catalog import catalog
 from fixtures.images import D, F, L, build_image, tar_layer, write_oci_layout
 from puller.cli.compare import bar, escape
 from puller.cli.entry import main
