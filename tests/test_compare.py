@@ -326,3 +326,15 @@ def test_a_scan_kept_without_hashes_is_redone_for_a_diff(tmp_path):
     opened.clear()
     again = diff(replace(img, upto=2), replace(multi(opened), upto=3), store=store)
     assert again.changes == result.changes and again.layers_read == 0 and opened == []
+
+
+def test_owner_xattr_and_device_changes_are_named():
+    from fixtures.images import E
+    a = image_input(build_image([tar_layer(
+        F("f", "x", xattrs={"user.k": "1"}), F("o", "o"), E("dev", "char", devmajor=1, devminor=3),
+        L("l", "one"))]))
+    b = image_input(build_image([tar_layer(
+        F("f", "x", xattrs={"user.k": "2"}), F("o", "o", uid=5, gid=6),
+        E("dev", "char", devmajor=1, devminor=5), L("l", "two"))]))
+    assert {c.path: c.what for c in diff(a, b).changes} == {
+        "f": ("xattrs",), "o": ("uid", "gid"), "dev": ("device",), "l": ("link",)}
