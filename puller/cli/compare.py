@@ -432,8 +432,10 @@ def which_cmd(image: str = typer.Argument(..., metavar="IMAGE"),
 
 # --- diff -----------------------------------------------------------------------------
 
-def diff_cmd(a: str = typer.Argument(..., metavar="A", help="Image (or A@N with --layer)."),
-             b: str = typer.Argument(..., metavar="B"),
+def diff_cmd(a: str = typer.Argument(..., metavar="A", help="A ref (alpine:3.10, "
+                                    "REF@sha256:...), oci:DIR[:REF], docker-archive:FILE[:REF]; "
+                                    "@N: its first N layers (with --layer: layer N)."),
+             b: str = typer.Argument(..., metavar="B", help="The same kinds as A."),
              layer: bool = typer.Option(False, "--layer", help="A@N B@M: compare the two "
                                         "layers' own entries, not the merged views."),
              filter_: str | None = typer.Option(None, "--filter", metavar="PATH",
