@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
+
+import pytest
 
 from fixtures import cli
 from fixtures.catalog import catalog
@@ -30,7 +34,7 @@ def test_air_gapped_round_trip(registry_factory, tmp_path):
     ok("save", "--cache", str(online), "-q", alpine, config, "-o", str(carried))
     reg.stop()  # from here on, no registry is reachable
 
-    out = ok("load", "--cache", str(airgapped), "-i", str(carried))
+    out = ok("load", "--offline", "--cache", str(airgapped), "-i", str(carried))
     assert out.splitlines() == [f"Loaded image: {alpine}", f"Loaded image: {config}"]
     summary = ok("inspect", "--offline", "--cache", str(airgapped), alpine)
     assert "amd64" in summary
@@ -97,3 +101,17 @@ def test_export_then_import_then_export(registry, tmp_path):
 
     assert listing(again) == listing(rootfs)
     assert any(name == "l2hard" for name, _, _ in listing(rootfs))
+
+
+@pytest.mark.skipif(not shutil.which("skopeo"), reason="needs skopeo")
+def test_skopeo_s_docker_archive_loads_and_runs(registry, tmp_path):
+    ref = f"{registry.host}/library/config:1"
+    theirs = tmp_path / "theirs.tar"
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "--src-tls-verify=false",
+                    f"docker://{ref}", f"docker-archive:{theirs}:{ref}"], check=True,
+                   capture_output=True)
+    cache = str(tmp_path / "c")
+    assert ok("load", "--cache", cache, "-q", "-i", str(theirs)) == ""
+    run = cli.run("run", "--pull", "never", "--cache", cache, ref, "/bin/echo", "from skopeo")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "entrypoint /bin/echo from skopeo\n"

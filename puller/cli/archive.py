@@ -102,8 +102,11 @@ def save_cmd(images: Annotated[list[str], typer.Argument(metavar="IMAGE...", hel
 
 @handle_errors
 def load_cmd(input_: str = typer.Option("-", "-i", "--input", metavar="FILE|DIR|-", help="Archive file, OCI layout directory, or '-' for stdin."),
-             cache: CacheOpt = None, quiet: QuietOpt = False, verbose: VerboseOpt = False,
-             progress: ProgressOpt = "auto", json_out: JsonOpt = False) -> int:
+             cache: CacheOpt = None, offline: OfflineOpt = False, quiet: QuietOpt = False,
+             verbose: VerboseOpt = False, progress: ProgressOpt = "auto",
+             json_out: JsonOpt = False) -> int:
+    """``--offline`` is accepted for symmetry with the other commands: load never uses the
+    network, whatever the archive names."""
     from ..archive import load
     from ..errors import UsageError
     from ..reference import parse
