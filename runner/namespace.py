@@ -32,6 +32,7 @@ DEFAULT_CAPS = (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31)
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
                   signal.SIGQUIT, signal.SIGWINCH, signal.SIGCHLD, signal.SIGUSR1,
                   signal.SIGUSR2)
+_ORPHANED = signal.SIGUSR1  # the keeper's parent-death signal (never forwarded to it)
 _KEEPER_IGNORES = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                    signal.SIGWINCH)
 TIOCSCTTY = 0x540E
@@ -113,9 +114,27 @@ def keeper(launch: Launch, ch: Channels) -> None:
         _fail(ch, 125, f"{type(e).__name__}: {e}")
 
 
+class _Orphan:
+    """The keeper's parent-death signal: PID 1 is killed (the kernel then kills its whole
+    PID namespace), the keeper cleans up as usual and exits."""
+
+    def __init__(self) -> None:
+        self.child: int | None = None
+
+    def __call__(self, _signum: int, _frame: object) -> None:
+        if self.child is None:
+            os._exit(125)
+        os.kill(self.child, signal.SIGKILL)
+
+
 def _keeper(launch: Launch, ch: Channels) -> int:
-    # Die with the runner, so nothing outlives `pull-and-run`.
-    _die_with_parent()
+    # If the runner dies (even by SIGKILL), take the container down and still clean up.
+    orphan = _Orphan()
+    signal.signal(_ORPHANED, orphan)
+    parent = os.getppid()
+    libc.prctl(libc.PR_SET_PDEATHSIG, _ORPHANED)
+    if os.getppid() != parent:
+        return 125
     # New user namespace plus the others at once: they are then owned by the new user
     # namespace, where we hold every capability. PID applies to our next fork.
     flags = (libc.CLONE_NEWUSER | libc.CLONE_NEWPID | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
@@ -139,6 +158,7 @@ def _keeper(launch: Launch, ch: Channels) -> int:
     pid = os.fork()
     if pid == 0:
         container_init(launch, ch)
+    orphan.child = pid
     # The runner forwards signals straight to PID 1; a keyboard signal for the whole
     # process group must not kill the keeper before it has cleaned up.
     for signum in _KEEPER_IGNORES:
@@ -153,6 +173,9 @@ def _keeper(launch: Launch, ch: Channels) -> int:
             break
     for path in launch.cleanup:
         remove_tree(path)
+    if launch.cgroup_paths:  # the runner removes it too; this covers a killed runner
+        from runner.cgroups import Cgroup, remove
+        remove(Cgroup(launch.cgroup_paths, 0))
     return exit_code(status)
 
 
@@ -208,6 +231,7 @@ def container_init(launch: Launch, ch: Channels) -> None:
 
 def _container(launch: Launch, ch: Channels) -> None:
     # If the keeper dies, PID 1 dies, and the kernel kills the whole PID namespace.
+    signal.signal(_ORPHANED, signal.SIG_DFL)  # the keeper's handler is not ours
     _die_with_parent()
     # Join the container's cgroup first: every process of the container descends from us
     # (the keeper stays out, so limits count only the container's own processes).

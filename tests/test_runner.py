@@ -273,20 +273,25 @@ def test_init_reaps_orphaned_zombies(box: Sandbox) -> None:
 
 
 def test_runner_death_kills_the_container(box: Sandbox) -> None:
+    """PR_SET_PDEATHSIG: a runner killed by SIGKILL takes the container with it, and the
+    keeper still removes the container's directories."""
     marker = "31337.25"
+    leftovers = sorted(os.listdir(box.state))
     proc = subprocess.Popen(box.command(["sh", "-c", f"echo ready; sleep {marker}"]), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
     _wait_line(proc, "ready")
+    assert sorted(os.listdir(box.state)) != leftovers
     proc.kill()
     proc.wait()
     for _ in range(500):
         alive = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) ==
                  f"sleep\0{marker}\0"]
-        if not alive:
+        if not alive and sorted(os.listdir(box.state)) == leftovers:
             break
         select.select([], [], [], 0.01)
     assert not alive
+    assert sorted(os.listdir(box.state)) == leftovers
 
 
 def _cmdline(pid: str) -> str:

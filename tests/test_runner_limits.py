@@ -104,3 +104,25 @@ def test_v2_files_in_a_delegated_tree(tmp_path: Path) -> None:
     lacking = cgroups.Limits(memory=64 << 20)
     (own / "cgroup.controllers").write_text("pids\n")
     assert cgroups._v2((str(tmp_path), "/"), "/user.slice/app.scope", "y", lacking) is None
+
+
+def test_cgroup_is_removed_when_the_runner_is_killed(box: Sandbox) -> None:
+    import select
+    import subprocess
+
+    from fixtures.rootfs import REPO
+    _skip_rootless(box)
+    dirs = _host_dirs({"pids"})
+    proc = subprocess.Popen(box.command(["sh", "-c", "echo ready; sleep 1000"],
+                                        limits={"pids": 20}, container_id=CID),
+                            cwd=REPO, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    assert all(os.path.isdir(d) for d in dirs.values())
+    proc.kill()
+    proc.wait()
+    for _ in range(500):
+        if not any(os.path.exists(d) for d in dirs.values()):
+            break
+        select.select([], [], [], 0.01)
+    assert not any(os.path.exists(d) for d in dirs.values())
