@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -25,13 +26,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def _time(cmd: list[str], env: dict[str, str]) -> float:
+def _time(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall time, and CPU time (user + sys of the whole process tree: steadier under load)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(cmd, check=False, env=env, stdin=subprocess.DEVNULL, capture_output=True)
+    done = subprocess.run(cmd, check=False, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({done.returncode}): {done.stderr.decode()[-500:]}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
 
 
 def _setup_registry(work: Path) -> tuple[str, Path, object] | None:
@@ -105,17 +111,21 @@ def main() -> int:
             print("note: udocker installed but needs its own image store: row skipped")
         else:
             print("note: udocker not installed: row skipped")
-        times: dict[str, list[float]] = {name: [] for name in rows}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
         for _ in range(n):  # interleaved
             for name, cmd in rows.items():
                 times[name].append(_time(cmd, {**env, "PYTHONPATH": str(REPO)}))
-        floor = statistics.median(times["floor: unshare ... chroot"])
+        floor_name = "floor: unshare ... chroot"
+        floor = statistics.median(t for t, _ in times[floor_name])
+        floor_cpu = statistics.median(c for _, c in times[floor_name])
         load = os.getloadavg()[0]
-        print(f"median of {n} runs each; floor = {floor * 1000:.1f} ms; load average {load:.2f} "
-              f"on {os.cpu_count()} CPUs")
+        print(f"median of {n} runs each; floor = {floor * 1000:.1f} ms wall, "
+              f"{floor_cpu * 1000:.1f} ms cpu; load average {load:.2f} on {os.cpu_count()} CPUs")
         for name, values in times.items():
-            med = statistics.median(values)
-            print(f"  {name:40s} {med * 1000:7.1f} ms  {med / floor:6.1f}x floor")
+            wall = statistics.median(t for t, _ in values)
+            cpu = statistics.median(c for _, c in values)
+            print(f"  {name:38s} {wall * 1000:7.1f} ms {wall / floor:6.1f}x floor   "
+                  f"cpu {cpu * 1000:6.1f} ms")
     finally:
         if reg is not None:
             reg.stop()  # type: ignore[attr-defined]
