@@ -5,12 +5,13 @@ Three processes (``run`` in :mod:`runner.container` is the first):
 1. the **runner** stays in the host's namespaces: it owns the cgroup, the tty relay and
    signal forwarding, and writes the user-namespace maps when that needs privilege;
 2. the **keeper** (:func:`keeper`) unshares the user, pid, uts, ipc (and net)
-   namespaces, forks PID 1, and when PID 1 is gone removes the container's
-   throw-away directories *from inside the user namespace* (files owned by mapped sub-ids
-   cannot be removed from outside);
+   namespaces, forks PID 1, and when PID 1 is gone removes the container's throw-away
+   directories *from inside the user namespace* (files owned by mapped sub-ids cannot be
+   removed from outside) and its cgroup; if the runner dies, it kills PID 1 first;
 3. **PID 1** (:func:`container_init`) joins the cgroup, unshares its own mount and cgroup
-   namespaces (so pivot_root moves nobody else), applies the mount plan of :mod:`runner.steps`, pivots, and execs the
-   command, or with ``--init`` forks it and becomes the reaper of :mod:`runner.init`.
+   namespaces (so pivot_root moves nobody else), applies the mount plan of
+   :mod:`runner.steps` (:func:`build_plan`), pivots, and execs the command, or with
+   ``--init`` forks it and becomes the reaper of :mod:`runner.init`.
 
 Errors travel to the runner as one line ``err CODE MESSAGE`` on the report pipe
 (close-on-exec, so a clean exec closes it); the runner turns them into RunError.

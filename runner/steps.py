@@ -1,7 +1,8 @@
 """The container's mount setup as data: frozen step objects applied in order by :func:`apply`.
 
 As in bubblewrap's ``SetupOp`` list, :mod:`runner.namespace` first builds the whole plan
-(a tuple of steps, each saying in its docstring *why* it exists) and then runs one loop,
+(a tuple of steps; each step type's docstring says what it is for, and the generic
+``Mount``/``BindMount`` steps carry a ``why`` for their one instance) and then runs one loop,
 ``apply(plan, root)``, with a ``case`` per step type. Every target path is resolved *inside*
 the new root with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)``: an image whose
 ``/dev`` or ``/proc`` is a symlink (absolute or full of ``..``) resolves within the rootfs and
