@@ -347,7 +347,7 @@ class Applier:
         self._dirs: dict[str, _DirMeta] = {}
         self._restore: dict[str, _DirMeta] = {}
         if workers is None:
-            workers = min(4, (os.cpu_count() or 1) * 2)
+            workers = min(4, os.cpu_count() or 1)
         # rootless stays serial: its EACCES fix-ups retry entries from the main thread
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="puller-apply") \
             if workers > 1 and self._priv else None
