@@ -13,12 +13,14 @@ into a fresh cache (not timed). Rows, each timing both tools as subprocesses:
   (both gzip the plain layers again)
 * load oci:    ``puller load`` vs ``skopeo copy oci-archive:IN oci:EMPTY``
 
-The two sides of a row alternate run by run, so load on the machine hits them alike. The
-last column times the same call in this process (``puller.archive.save``/``load``, imports
-warm) against skopeo's whole run: the CLI's start-up (interpreter, typer, which imports
-pydantic when it is installed) costs more than skopeo's entire copy of a small image, and
-that column shows what is left. skopeo does not inflate the layers of an OCI archive to
-check their DiffIDs; ``puller load`` does, so that row keeps a cost skopeo does not pay.
+The sides of a row alternate run by run, so load on the machine hits them alike. Columns:
+``puller`` is the console script as installed (through typer, whose start-up builds every
+command of the group and imports pydantic when installed: more than skopeo's whole copy
+of a small image); ``argparse`` is the same command through ``puller.cli.archive.main``,
+which is what ``puller save|load`` runs once ``entry.py`` dispatches them before typer
+(as it does ``pull``); ``in-proc`` is that command's work inside this process, imports
+warm. skopeo does not inflate an OCI archive's layers to check their DiffIDs; ``puller
+load`` does, so that row keeps a cost skopeo does not pay.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 PULLER = str(Path(sys.executable).parent / "puller")
 REF = "docker.io/bench/host:1"
+# what ``puller save|load ...`` runs once entry.py dispatches these commands before typer
+LEAN = "import sys; from puller.cli.archive import main; sys.exit(main(sys.argv[1], sys.argv[2:]))"
 
 
 def host_files(limit: int) -> list[Path]:
@@ -99,20 +103,6 @@ def fresh(*paths: Path):
     return reset
 
 
-def in_process(cache: Path, out: Path, empty: Path, docker_in: Path, oci_in: Path) -> list:
-    """The rows' work as calls into puller.archive, for the in-process column."""
-    from puller.archive import SaveItem, load, save
-    from puller.image import lookup_ref, resolve
-    from puller.platform import host_platform
-    from puller.reference import parse
-    from puller.store import Store
-    store = Store(cache)
-    img = resolve(store, lookup_ref(store, parse(REF)), host_platform())
-    item = [SaveItem(img, (REF,))]
-    return [lambda: save(item, out, store=store), lambda: save(item, out, store=store, fmt="oci"),
-            lambda: load(docker_in, Store(empty)), lambda: load(oci_in, Store(empty))]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=5, help="runs per side of a row (>= 3)")
@@ -121,6 +111,8 @@ def main() -> int:
     if not shutil.which("skopeo"):
         print("skopeo is not installed: nothing to compare with")
         return 1
+    from puller.cli.archive import _RUN as RUN
+    from puller.cli.archive import build_parser
     n = max(3, args.n)
     work = Path(tempfile.mkdtemp(prefix="bench-archive-"))
     try:
@@ -132,29 +124,32 @@ def main() -> int:
                         "-o", str(oci_in)], check=True)
         out, empty = work / "out.tar", work / "empty"
         rows = [
-            ("save docker", [PULLER, "save", "--cache", str(cache), "-q", REF, "-o", str(out)],
+            ("save docker", ["save", "--cache", str(cache), "-q", REF, "-o", str(out)],
              sk + [f"oci:{cache}:{REF}", f"docker-archive:{out}:{REF}"], fresh(out)),
-            ("save oci", [PULLER, "save", "--cache", str(cache), "-q", "--format", "oci", REF, "-o", str(out)],
+            ("save oci", ["save", "--cache", str(cache), "-q", "--format", "oci", REF, "-o", str(out)],
              sk + [f"oci:{cache}:{REF}", f"oci-archive:{out}:{REF}"], fresh(out)),
-            ("load docker", [PULLER, "load", "--cache", str(empty), "-q", "-i", str(docker_in)],
+            ("load docker", ["load", "--cache", str(empty), "-q", "-i", str(docker_in)],
              sk + [f"docker-archive:{docker_in}", f"oci:{empty}:{REF}"], fresh(empty)),
-            ("load oci", [PULLER, "load", "--cache", str(empty), "-q", "-i", str(oci_in)],
+            ("load oci", ["load", "--cache", str(empty), "-q", "-i", str(oci_in)],
              sk + [f"oci-archive:{oci_in}:{REF}", f"oci:{empty}:{REF}"], fresh(empty)),
         ]
-        calls = in_process(cache, out, empty, docker_in, oci_in)
-        print(f"medians of {n} runs each (lower is better; target <= 1.0x)")
-        print(f"{'row':<12} {'puller':>9} {'skopeo':>9} {'ratio':>7} {'in-process':>11} {'ratio':>7}")
-        for (name, ours_cmd, theirs_cmd, reset), call in zip(rows, calls):
-            ours, theirs, inproc = [], [], []
+        print(f"medians of {n} runs each (lower is better; target <= 1.0x); ratios to skopeo")
+        print(f"{'row':<12} {'skopeo':>8} {'puller':>8} {'ratio':>6} {'argparse':>9} {'ratio':>6}"
+              f" {'in-proc':>8} {'ratio':>6}")
+        for name, args_, theirs_cmd, reset in rows:
+            times: dict[str, list[float]] = {"skopeo": [], "puller": [], "lean": [], "call": []}
             for _ in range(n):
-                ours.append(timed(ours_cmd, reset))
-                theirs.append(timed(theirs_cmd, reset))
+                times["skopeo"].append(timed(theirs_cmd, reset))
+                times["puller"].append(timed([PULLER, *args_], reset))
+                times["lean"].append(timed([sys.executable, "-c", LEAN, *args_], reset))
                 reset()
                 start = time.perf_counter()
-                call()
-                inproc.append(time.perf_counter() - start)
-            a, b, c = (statistics.median(x) for x in (ours, theirs, inproc))
-            print(f"{name:<12} {a:8.3f}s {b:8.3f}s {a / b:6.2f}x {c:10.3f}s {c / b:6.2f}x")
+                ns = build_parser(args_[0]).parse_args(args_[1:])
+                RUN[args_[0]](ns)
+                times["call"].append(time.perf_counter() - start)
+            sko, ours, lean, call = (statistics.median(times[k]) for k in ("skopeo", "puller", "lean", "call"))
+            print(f"{name:<12} {sko:7.3f}s {ours:7.3f}s {ours / sko:5.2f}x {lean:8.3f}s {lean / sko:5.2f}x"
+                  f" {call:7.3f}s {call / sko:5.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

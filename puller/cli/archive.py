@@ -121,13 +121,13 @@ def _image(image: str, ns: argparse.Namespace, wanted: Platform,
     from ..image import lookup_ref, resolve
     from ..reference import parse
     from ..store import Store
-    from .options import offline_default, registry_options
-    from .unpack import resolve_image
     store = Store(ns.cache)
     entry = lookup_ref(store, parse(image)) if store.exists() else None
     img = resolve(store, entry, wanted) if entry is not None else None
     if img is not None:
         return store, img
+    from .options import offline_default, registry_options
+    from .unpack import resolve_image  # imports typer: only when something must be pulled
     offline = offline_default(ns.offline)
     pulled: tuple[Store, CachedImage] = resolve_image(
         image, cache=ns.cache, wanted=wanted, offline=offline, progress=progress,
