@@ -39,7 +39,9 @@ RECORD_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class UnpackEvent:
-    """Progress: ``kind`` is 'layer-start', 'layer-done' or 'done'; ``layer`` counts from 0."""
+    """Progress: ``kind`` is 'layer-start', 'layer-progress' (``bytes``: compressed bytes
+    read so far, every 8 MiB), 'layer-done' (``bytes``: uncompressed size) or 'done';
+    ``layer`` counts from 0."""
     kind: str
     layer: int
     layers: int
@@ -123,7 +125,8 @@ def _apply_one(applier: Applier, i: int, open_layer: Callable[[], BinaryIO], wan
     if progress:
         progress(UnpackEvent("layer-start", i, count))
     with open_layer() as stream:
-        stats = applier.apply(LayerReader(stream, digest_algorithm=algorithm, limits=limits))
+        source = _Progress(stream, i, count, progress) if progress else stream
+        stats = applier.apply(LayerReader(source, digest_algorithm=algorithm, limits=limits))
     if stats.diff_id != want:
         raise DigestMismatch(f"layer {i + 1}/{count}: uncompressed content hashes to "
                              f"{stats.diff_id}, the config says {want}")
@@ -131,6 +134,30 @@ def _apply_one(applier: Applier, i: int, open_layer: Callable[[], BinaryIO], wan
         progress(UnpackEvent("layer-done", i, count, stats.entries, stats.bytes,
                              stats.diff_id, stats.compression))
     return stats
+
+
+class _Progress:
+    """A read-through wrapper that reports how much of a blob was read."""
+
+    _EVERY = 8 << 20
+
+    def __init__(self, stream: BinaryIO, layer: int, count: int,
+                 progress: Callable[[UnpackEvent], None]) -> None:
+        self._stream, self._layer, self._count, self._progress = stream, layer, count, progress
+        self._read = 0
+        self._next = self._EVERY
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._read += len(data)
+        if self._read >= self._next:
+            self._next = self._read + self._EVERY
+            self._progress(UnpackEvent("layer-progress", self._layer, self._count,
+                                       bytes=self._read))
+        return data
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _check_dest(dest: Path, force: bool) -> None:

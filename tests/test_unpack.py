@@ -43,6 +43,11 @@ def test_unpack_result_and_progress(tmp_path: Path) -> None:
     assert [e.kind for e in events] == ["layer-start", "layer-done"] * 2 + ["done"]
     assert events[1].compression == "gzip" and events[3].compression == "zstd"
     assert leftovers(tmp_path, {"rootfs"}) == []
+    big = tar_layer(F("big", os.urandom(9 << 20)))
+    events.clear()
+    unpack(sources(compress(big, "gzip")), [sha256(big)], tmp_path / "big", progress=events.append)
+    assert [e.kind for e in events] == ["layer-start", "layer-progress", "layer-done", "done"]
+    assert events[1].bytes >= 8 << 20
 
 
 def test_layers_from_open_files_are_closed(tmp_path: Path) -> None:

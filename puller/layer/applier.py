@@ -338,7 +338,10 @@ class Applier:
         self._record = _Record()
         self._entries = 0
         self._bytes = 0
-        self._first = not os.listdir(root_fd)
+        try:  # an empty rootfs lets the first layer skip existence checks
+            self._first = not os.listdir(_proc(root_fd))
+        except OSError:
+            self._first = False
         self._cache: dict[str, int] = {}
         self._closing: list[int] = []      # fds dropped from the cache, closed per entry
         self._sgid: dict[str, int | None] = {}
