@@ -127,7 +127,9 @@ def _image(image: str, ns: argparse.Namespace, wanted: Platform,
     if img is not None:
         return store, img
     from .options import offline_default, registry_options
-    from .unpack import resolve_image  # imports typer: only when something must be pulled
+    from .unpack import (
+        resolve_image,  # imports typer: only when something must be pulled
+    )
     offline = offline_default(ns.offline)
     pulled: tuple[Store, CachedImage] = resolve_image(
         image, cache=ns.cache, wanted=wanted, offline=offline, progress=progress,
