@@ -126,10 +126,9 @@ def _image(image: str, ns: argparse.Namespace, wanted: Platform,
     img = resolve(store, entry, wanted) if entry is not None else None
     if img is not None:
         return store, img
+    # something must be pulled: only now the HTTP stack (and typer, via cli.unpack)
     from .options import offline_default, registry_options
-    from .unpack import (
-        resolve_image,  # imports typer: only when something must be pulled
-    )
+    from .unpack import resolve_image
     offline = offline_default(ns.offline)
     pulled: tuple[Store, CachedImage] = resolve_image(
         image, cache=ns.cache, wanted=wanted, offline=offline, progress=progress,
