@@ -115,3 +115,11 @@ def test_skopeo_s_docker_archive_loads_and_runs(registry, tmp_path):
     run = cli.run("run", "--pull", "never", "--cache", cache, ref, "/bin/echo", "from skopeo")
     assert run.returncode == 0, run.stderr
     assert run.stdout == "entrypoint /bin/echo from skopeo\n"
+
+
+def test_help_of_each_command():
+    for command, flag in (("save", "--format"), ("load", "--input"), ("export", "--output"),
+                          ("import", "REF")):
+        res = cli.run(command, "--help")
+        assert res.returncode == 0, res.stderr
+        assert flag in res.stdout
