@@ -579,3 +579,22 @@ def test_one_image_under_two_names(registry, source, tmp_path, fmt):
     assert load(io.BytesIO(buf.getvalue()), target) == list(names)
     a, b = (cached(target, n) for n in names)
     assert a.local_digest == b.local_digest
+
+
+def test_a_multi_platform_oci_layout_loads_every_platform(tmp_path):
+    """An OCI layout (as skopeo copy --all or our sync writes) whose ref is an index."""
+    from fixtures.catalog import catalog
+    from fixtures.images import write_oci_layout
+    index = catalog()["library/busybox:latest"]
+    layout = write_oci_layout(tmp_path / "layout", {"example.com/multi/busybox:1": index})
+    target = Store(tmp_path / "target")
+    assert load(layout, target) == ["example.com/multi/busybox:1"]
+    for child in index.children[:3]:
+        plat = Platform(child.platform["os"], child.platform["architecture"],
+                        child.platform.get("variant"))
+        img = resolve(target, target.get_ref("example.com/multi/busybox:1"), plat)
+        assert img is not None and img.diff_ids == child.diff_ids
+    # the whole image set is in the cache, verified: re-loading it changes nothing
+    before = cache_state(target.root)
+    load(layout, target)
+    assert cache_state(target.root) == before
