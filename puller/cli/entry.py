@@ -7,11 +7,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "run":
-        sys.exit(_run(args[1:]))
-    if args and args[0] == "pull":  # the warm pull path: no typer
-        from .pull import main as pull_main
-        sys.exit(pull_main(args[1:]))
+    lean = _lean(args[0]) if args else None
+    if lean is not None:  # hot paths parse with argparse: typer costs more than their work
+        sys.exit(lean(args[1:]))
     from .app import build
     try:
         rc = build()(args=args, prog_name="puller", standalone_mode=False)
@@ -27,6 +25,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"puller: error: {e.format_message()}{hint}\n")
         sys.exit(e.exit_code)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _lean(command: str):
+    """The argparse-based ``main`` of a command on a hot path, or None for typer's."""
+    if command == "run":
+        return _run
+    if command == "pull":
+        from .pull import main as pull_main
+        return pull_main
+    if command in ("save", "load", "export", "import"):
+        from .archive import main as archive_main
+        return lambda argv: archive_main(command, argv)
+    return None
 
 
 def pull_and_run(argv: list[str] | None = None) -> None:
