@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import resource
 import statistics
 import subprocess
@@ -29,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fixtures.images import build_image, write_oci_layout
 
 PULLER = [str(Path(sys.executable).parent / "puller")]
+# As installed: byte-code cached (a PYTHONDONTWRITEBYTECODE shell would compile every run).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 BASE = ["usr/lib/python3.11", "usr/share/perl"]
 EXCLUDE = ["__pycache__", "usr/lib/python3.11/test", "usr/lib/python3.11/idlelib",
            "usr/lib/python3.11/lib2to3", "usr/lib/python3.11/config-3.11-x86_64-linux-gnu"]
@@ -62,7 +65,7 @@ def _cpu() -> float:
 def once(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one run: CPU time is what other load disturbs least."""
     start, cpu = time.perf_counter(), _cpu()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
                           check=False)  # diff exits 1 when the images differ
     elapsed = time.perf_counter() - start
     if proc.returncode not in (0, 1):
@@ -75,7 +78,10 @@ def tar_list(blobs: list[Path]) -> list[str]:
 
 
 def compare(ours: list[str], baseline: list[str], runs: int) -> list[float]:
-    """Medians of ``runs`` alternating runs: [our wall, tar wall, our CPU, tar CPU]."""
+    """Medians of ``runs`` alternating runs, after one warm-up of each (page cache, .pyc):
+    [our wall, tar wall, our CPU, tar CPU]."""
+    once(baseline)
+    once(ours)
     a, b = [], []
     for _ in range(runs):
         b.append(once(baseline))

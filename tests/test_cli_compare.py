@@ -397,3 +397,19 @@ def test_only_the_puller_cache_keeps_layer_scans(registry, puller, cache_dir, tm
     alpine = catalog()["library/alpine:3.10"].children[0]
     assert kept == {d.replace(":", "-") for d in alpine.layer_digests}
     assert not (tmp_path / "layout" / "meta").exists()
+
+
+def test_lean_entry_point_parses_with_argparse(registry, cache_dir, capsys):
+    from puller.cli.compare import main as compare_main
+    image = ref(registry, "alpine:3.11")
+    common = ["--cache", str(cache_dir), "--platform", AMD64]
+    assert compare_main("ls", [image, "/etc", *common]) == 0
+    assert capsys.readouterr().out.split() == ["alpine-release", "group", "os-release",
+                                               "passwd"]
+    assert compare_main("diff", [image, image, *common]) == 0
+    capsys.readouterr()
+    assert compare_main("diff", [image, image, "--bogus", *common]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert compare_main("ls", [image, "--layer", "0", *common]) == 2
+    code, out, _ = run(capsys, "diff", "--help")
+    assert code == 0 and "--only" in out and "--mtime" in out

@@ -4,6 +4,10 @@ Every command reads layers as streams (see :mod:`puller.compare`), takes ``--jso
 what is not cached unless ``--offline``, and numbers layers from 1. Paths are printed as
 they are, with control characters (and bytes that are not UTF-8) escaped as ``\\xNN``.
 
+Parsed with argparse, like ``pull`` and ``save``: ``entry.py`` can dispatch to
+``main(command, argv)`` before typer is imported (typer's start-up costs about as much as
+reading a 40 MB image); ``register`` adds pass-through typer commands for ``puller --help``.
+
 JSON fields (stable):
 
 * a *node*: ``path`` (absolute), ``type`` (file, dir, symlink, hardlink, char, block, fifo,
@@ -29,45 +33,146 @@ JSON fields (stable):
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
 import stat
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-import typer
-
-from .common import (
-    CacheOpt,
-    InsecureOpt,
-    JsonOpt,
-    MirrorOpt,
-    OfflineOpt,
-    PlatformOpt,
-    QuietOpt,
-    VerboseOpt,
-    handle_errors,
-)
+from ..errors import PullerError, UsageError
 from .options import offline_default, progress_for, registry_options
 from .output import emit_json, fail, human_size, setup_logging
 
-_LayerOpt = typer.Option(None, "--layer", metavar="N", min=1,
-                         help="One layer's own entries (1-based) instead of the merged view.")
+__all__ = ["COMMANDS", "bar", "build_parser", "escape", "fold", "main", "register"]
+
+HELP = {
+    "layers": "One line per layer: sizes, created_by, +added ~modified -deleted, wasted "
+              "bytes; the image's efficiency.",
+    "ls": "List a directory of the merged view (or of one layer) without unpacking.",
+    "cat": "Print a file of the image, read from the layer that holds it.",
+    "which": "Which layers wrote or deleted PATH, in order.",
+    "diff": "Compare the filesystems and configs of two images (exit 0 same, 1 different, "
+            "2 trouble).",
+}
+COMMANDS = tuple(HELP)
+_IMAGE_HELP = ("a ref (alpine:3.10, REF@sha256:...), oci:DIR[:REF] or "
+               "docker-archive:FILE[:REF]; REF@N: its first N layers")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("layers", help="One line per layer: sizes, created_by, +added ~modified "
-                "-deleted, wasted bytes; the image's efficiency.")(layers_cmd)
-    app.command("ls", help="List a directory of the merged view (or of one layer) "
-                "without unpacking.")(ls_cmd)
-    app.command("cat", help="Print a file of the image, read from the layer that holds "
-                "it.")(cat_cmd)
-    app.command("which", help="Which layers wrote or deleted PATH, in order.")(which_cmd)
-    app.command("diff", help="Compare the filesystems and configs of two images (exit 0 "
-                "same, 1 different, 2 trouble).")(diff_cmd)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _common(p: argparse.ArgumentParser, *, verbose_short: bool) -> None:
+    add = p.add_argument
+    add("--platform", help="os/arch[/variant], e.g. linux/arm64 (default: this host)")
+    add("--cache", metavar="DIR", type=Path,
+        help="cache directory (default: $PULLER_CACHE, $XDG_CACHE_HOME/puller, ~/.cache/puller)")
+    add("--offline", action="store_true",
+        help="never touch the network; use the cache only (also PULLER_OFFLINE=1)")
+    add("--json", dest="json_out", action="store_true",
+        help="print the result as JSON on stdout (documented, stable fields)")
+    add("-q", "--quiet", action="store_true", help="no progress output")
+    if not verbose_short:
+        add("--verbose", action="store_true", help="show warnings")
+    add("--registry-mirror", action="append", default=[], metavar="URL",
+        help="mirror for docker.io (repeatable; also PULLER_REGISTRY_MIRRORS)")
+    add("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+        help="a registry that may be reached over plain HTTP (repeatable)")
+
+
+def _layer_number(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise UsageError(f"--layer {text!r}: a layer number (1-based)") from None
+    if n < 1:
+        raise UsageError("--layer: layers are numbered from 1")
+    return n
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    """The argparse parser of one of :data:`COMMANDS`."""
+    p = _Parser(prog=f"puller {command}", description=HELP[command])
+    add = p.add_argument
+    if command == "diff":
+        add("a", metavar="A", help=_IMAGE_HELP + " (with --layer: layer N)")
+        add("b", metavar="B", help="the same kinds as A")
+        add("--layer", action="store_true",
+            help="A@N B@M: compare the two layers' own entries, not the merged views")
+        add("--filter", dest="filter_", metavar="PATH", help="only this subtree")
+        add("--only", choices=("added", "removed", "changed"), help="only this kind")
+        add("--mtime", action="store_true", help="also compare mtimes")
+        add("-v", "--verbose", action="store_true",
+            help="list every path (no folding of whole added/removed trees); show warnings")
+    else:
+        add("image", metavar="IMAGE", help=_IMAGE_HELP)
+    if command == "layers":
+        add("--top", type=int, default=10, metavar="N",
+            help="how many of the largest wasted paths to list (default 10)")
+    elif command == "ls":
+        add("path", nargs="?", default="/", metavar="PATH", help="default: /")
+        add("-l", "--long", action="store_true",
+            help="mode, owner, size, date, layer and link targets")
+        add("-R", "--recursive", action="store_true", help="list subtrees")
+        add("--layer", type=_layer_number, metavar="N",
+            help="one layer's own entries (1-based) instead of the merged view")
+    elif command in ("cat", "which"):
+        add("path", metavar="PATH")
+    _common(p, verbose_short=command == "diff")
+    return p
+
+
+def main(command: str, argv: list[str]) -> int:
+    """Run ``puller COMMAND ARGV...``: the exit status; errors become one line on stderr.
+
+    ``diff`` exits as diff(1): 0 same, 1 different, 2 for any error (the other commands
+    use the CLI's table of exit codes); 130 on ^C, 141 when the output pipe closes."""
+    trouble = _diff_trouble if command == "diff" else fail
+    try:
+        ns = build_parser(command).parse_args(argv)
+        setup_logging(ns.verbose)
+        return _RUN[command](ns)
+    except PullerError as e:
+        return trouble(e)
+    except BrokenPipeError:
+        return 141
+    except KeyboardInterrupt:
+        sys.stderr.write("puller: interrupted\n")
+        return 130
+
+
+def _diff_trouble(e: PullerError) -> int:
+    fail(e)
+    return 2
+
+
+def register(app: Any) -> None:
+    """Pass-through typer commands (so that ``puller --help`` lists them): the arguments go
+    to :func:`main` as they are. ``entry.py`` may dispatch to :func:`main` before typer is
+    imported at all: its start-up costs as much as reading a 40 MB image."""
+    import typer
+
+    for command in COMMANDS:
+        app.command(command, help=f"{HELP[command]} See 'puller {command} --help'.",
+                    add_help_option=False,
+                    context_settings={"allow_extra_args": True,
+                                      "ignore_unknown_options": True})(
+            _passthrough(command, typer))
+
+
+def _passthrough(command: str, typer: Any) -> Callable[..., None]:
+    def run(ctx: Any) -> None:
+        raise typer.Exit(main(command, list(ctx.args)))
+    run.__annotations__ = {"ctx": typer.Context, "return": None}
+    run.__name__ = f"{command}_cmd"
+    return run
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -189,29 +294,21 @@ class _Style:
         return f"\033[{codes[colour]}m{text}\033[0m" if self.on else text
 
 
-def _context(**kw: Any) -> _Context:
-    return _Context(kw["cache"], kw["platform"], kw["offline"], kw["quiet"], kw["verbose"],
-                    kw["registry_mirror"], kw["insecure_registry"])
+def _context(ns: argparse.Namespace) -> _Context:
+    return _Context(ns.cache, ns.platform, ns.offline, ns.quiet, ns.verbose,
+                    ns.registry_mirror, ns.insecure_registry)
 
 
 # --- layers ---------------------------------------------------------------------------
 
-@handle_errors
-def layers_cmd(image: str = typer.Argument(..., metavar="IMAGE"),
-               platform: PlatformOpt = None, cache: CacheOpt = None,
-               offline: OfflineOpt = False, json_out: JsonOpt = False,
-               quiet: QuietOpt = False, verbose: VerboseOpt = False,
-               top: int = typer.Option(10, "--top", min=0,
-                                       help="How many of the largest wasted paths to list."),
-               registry_mirror: MirrorOpt = None, insecure_registry: InsecureOpt = None) -> int:
+def _layers(ns: argparse.Namespace) -> int:
     from ..compare import analyse
-    ctx = _context(**locals())
-    source = ctx.open(image)
-    img = source.image
-    if img.upto is not None:
-        img = _first(img)
-    result = analyse(img, store=source.cache, top=top)
-    if json_out:
+    if ns.top < 0:
+        raise UsageError("--top must be >= 0")
+    source = _context(ns).open(ns.image)
+    img = _first(source.image) if source.image.upto is not None else source.image
+    result = analyse(img, store=source.cache, top=ns.top)
+    if ns.json_out:
         emit_json(_layers_json(img, result))
     else:
         _print_layers(img, result)
@@ -295,19 +392,10 @@ def percent(share: float) -> str:
 
 # --- ls -------------------------------------------------------------------------------
 
-@handle_errors
-def ls_cmd(image: str = typer.Argument(..., metavar="IMAGE"),
-           path: str = typer.Argument("/", metavar="PATH"),
-           long: bool = typer.Option(False, "-l", "--long", help="Mode, owner, size, date, "
-                                     "layer and link targets."),
-           recursive: bool = typer.Option(False, "-R", "--recursive", help="List subtrees."),
-           layer: int | None = _LayerOpt,
-           platform: PlatformOpt = None, cache: CacheOpt = None, offline: OfflineOpt = False,
-           json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
-           registry_mirror: MirrorOpt = None, insecure_registry: InsecureOpt = None) -> int:
-    ctx = _context(**locals())
-    source = ctx.open(image)
-    target = _user_path(path)
+def _ls(ns: argparse.Namespace) -> int:
+    source = _context(ns).open(ns.image)
+    target = _user_path(ns.path)
+    layer, recursive, long, json_out = ns.layer, ns.recursive, ns.long, ns.json_out
     nodes = (_layer_nodes(source, layer, target, recursive) if layer is not None
              else _view_nodes(source, target, recursive))
     for node in nodes:
@@ -374,15 +462,10 @@ def _long_line(node: Any, full: bool) -> str:
 
 # --- cat, which -----------------------------------------------------------------------
 
-@handle_errors
-def cat_cmd(image: str = typer.Argument(..., metavar="IMAGE"),
-            path: str = typer.Argument(..., metavar="PATH"),
-            platform: PlatformOpt = None, cache: CacheOpt = None, offline: OfflineOpt = False,
-            json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
-            registry_mirror: MirrorOpt = None, insecure_registry: InsecureOpt = None) -> int:
+def _cat(ns: argparse.Namespace) -> int:
     from ..compare import read_file
-    ctx = _context(**locals())
-    source = ctx.open(image)
+    source = _context(ns).open(ns.image)
+    path, json_out = ns.path, ns.json_out
     img = _first(source.image) if source.image.upto else source.image
     node, chunks = read_file(img, _user_path(path), store=source.cache)
     if json_out:
@@ -397,15 +480,10 @@ def cat_cmd(image: str = typer.Argument(..., metavar="IMAGE"),
     return 0
 
 
-@handle_errors
-def which_cmd(image: str = typer.Argument(..., metavar="IMAGE"),
-              path: str = typer.Argument(..., metavar="PATH"),
-              platform: PlatformOpt = None, cache: CacheOpt = None, offline: OfflineOpt = False,
-              json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
-              registry_mirror: MirrorOpt = None, insecure_registry: InsecureOpt = None) -> int:
+def _which(ns: argparse.Namespace) -> int:
     from ..compare import which
-    ctx = _context(**locals())
-    source = ctx.open(image)
+    source = _context(ns).open(ns.image)
+    path, json_out = ns.path, ns.json_out
     img = _first(source.image) if source.image.upto else source.image
     target = _user_path(path)
     events = which(img, target, store=source.cache)
@@ -432,60 +510,23 @@ def which_cmd(image: str = typer.Argument(..., metavar="IMAGE"),
 
 # --- diff -----------------------------------------------------------------------------
 
-def diff_cmd(a: str = typer.Argument(..., metavar="A", help="A ref (alpine:3.10, "
-                                    "REF@sha256:...), oci:DIR[:REF], docker-archive:FILE[:REF]; "
-                                    "@N: its first N layers (with --layer: layer N)."),
-             b: str = typer.Argument(..., metavar="B", help="The same kinds as A."),
-             layer: bool = typer.Option(False, "--layer", help="A@N B@M: compare the two "
-                                        "layers' own entries, not the merged views."),
-             filter_: str | None = typer.Option(None, "--filter", metavar="PATH",
-                                                   help="Only this subtree."),
-             only: str | None = typer.Option(None, "--only", metavar="KIND",
-                                                help="added, removed or changed."),
-             mtime: bool = typer.Option(False, "--mtime", help="Also compare mtimes."),
-             verbose: bool = typer.Option(False, "-v", "--verbose", help="List every path "
-                                          "(no folding of whole added/removed trees)."),
-             platform: PlatformOpt = None, cache: CacheOpt = None, offline: OfflineOpt = False,
-             json_out: JsonOpt = False, quiet: QuietOpt = False,
-             registry_mirror: MirrorOpt = None, insecure_registry: InsecureOpt = None) -> None:
-    """Exit status as diff(1): 0 same, 1 different, 2 trouble (any error; 130 on ^C, 141
-    when the output pipe closes)."""
-    from ..errors import PullerError
-    setup_logging(verbose)
-    try:
-        code = _diff(**locals())
-    except PullerError as e:
-        fail(e)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        sys.stderr.write("puller: interrupted\n")
-        raise typer.Exit(130) from None
-    except BrokenPipeError:  # the reader went away (| head): as the other commands do
-        raise typer.Exit(141) from None
-    raise typer.Exit(code)
-
-
-def _diff(**kw: Any) -> int:
+def _diff(ns: argparse.Namespace) -> int:
     from ..compare import diff, diff_layers
-    from ..errors import UsageError
-    only = kw["only"]
-    if only not in (None, "added", "removed", "changed"):
-        raise UsageError(f"invalid --only {only!r}: expected added, removed or changed")
-    ctx = _context(**{**kw, "verbose": kw["verbose"]})
-    sa, sb = ctx.open(kw["a"]), ctx.open(kw["b"])
-    if kw["layer"]:
+    ctx = _context(ns)
+    sa, sb = ctx.open(ns.a), ctx.open(ns.b)
+    if ns.layer:
         if sa.image.upto is None or sb.image.upto is None:
             raise UsageError("--layer compares two layers: give them as A@N B@M")
-        result = diff_layers(sa.image, sb.image, mtime=kw["mtime"])  # layers know their cache
+        result = diff_layers(sa.image, sb.image, mtime=ns.mtime)  # layers know their cache
     else:
-        result = diff(sa.image, sb.image, mtime=kw["mtime"])
-    subtree = _user_path(kw["filter_"]) if kw["filter_"] else None
-    changes = [c for c in result.changes if _keep(c, subtree, only)]
-    config = list(result.config) if subtree is None and only is None else []
-    if kw["json_out"]:
+        result = diff(sa.image, sb.image, mtime=ns.mtime)
+    subtree = _user_path(ns.filter_) if ns.filter_ else None
+    changes = [c for c in result.changes if _keep(c, subtree, ns.only)]
+    config = list(result.config) if subtree is None and ns.only is None else []
+    if ns.json_out:
         _diff_json(sa.image, sb.image, result, changes, config)
     else:
-        _print_diff(sa.image, sb.image, result, changes, config, folding=not kw["verbose"])
+        _print_diff(sa.image, sb.image, result, changes, config, folding=not ns.verbose)
     return 1 if changes or config else 0
 
 
@@ -616,3 +657,11 @@ def _show(value: Any) -> str:
     if value is None:
         return "(unset)"
     return escape(json.dumps(value, ensure_ascii=False))
+
+
+_RUN: dict[str, Callable[[argparse.Namespace], int]] = {
+    "layers": _layers, "ls": _ls, "cat": _cat, "which": _which, "diff": _diff}
+
+
+if __name__ == "__main__":  # python -m puller.cli.compare COMMAND ...: the lean path
+    sys.exit(main(sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else 2)
