@@ -62,8 +62,9 @@ def bench_image(name: str, tars: list[bytes], work: Path, runs: int, cli: bool) 
 
     def puller() -> None:
         if cli:
-            subprocess.run([sys.executable, "-m", "puller.cli.entry", "unpack", "--layout",
-                            f"{layout}:bench", str(out)], check=True, capture_output=True)
+            exe = Path(sys.executable).with_name("puller")
+            subprocess.run([str(exe), "unpack", "-q", "--layout", f"{layout}:bench", str(out)],
+                           check=True, capture_output=True)
         else:
             unpack([(lambda p=p: open(p, "rb")) for p in blobs], image.diff_ids, out)
 
