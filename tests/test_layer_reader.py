@@ -249,3 +249,10 @@ def test_stdlib_zlib_path(monkeypatch: pytest.MonkeyPatch) -> None:
         LayerReader(io.BytesIO(blob[:-9])).finish()
     with pytest.raises(LayerError, match="garbage"):
         LayerReader(io.BytesIO(blob + b"junk")).finish()
+
+
+def test_gnu_dumpdir_is_a_directory_and_its_listing_skipped() -> None:
+    blob = hostile.archive(hostile.member("d/", b"Yfile\0\0", kind=b"D"),
+                           hostile.member("d/file", b"x"))
+    entries = read_all(blob)[0]
+    assert [(e.path, e.type, e.size) for e in entries] == [("d", "dir", 0), ("d/file", "file", 1)]

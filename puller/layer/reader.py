@@ -609,6 +609,8 @@ class LayerReader:
             raise LayerError(f"NUL byte in link target of {name!r}")
         if len(linkname.encode("utf-8", "surrogateescape")) > self._limits.max_path:
             raise LimitExceeded(f"link target of {name!r} longer than {self._limits.max_path}")
+        if kind == b"D":
+            data_size = size  # a GNU dumpdir's listing: skipped, never content
         self.entries += 1
         self._remaining = data_size
         self._padding = -data_size % 512  # the sparse 1.0 map is whole blocks
