@@ -465,3 +465,15 @@ def test_serial_and_threaded_applies_agree(tmp_path: Path) -> None:
             os.close(fd)
         trees.append(tree(dest))
     assert trees[0] == trees[1] and applier_mod._ASYNC_BATCH > 1
+
+
+def test_directory_attributes_never_reach_through_a_later_symlink(tmp_path: Path,
+                                                                  canary: Path) -> None:
+    before = os.lstat(canary)
+    apply(tmp_path / "r", tar_layer(D("d", mode=0o777, uid=123, mtime=5), L("d", str(canary)),
+                                    D("e", mode=0o700), L("e", "../../outside")),
+          tar_layer(F("z")))
+    after = os.lstat(canary)
+    assert (after.st_mode, after.st_uid, after.st_mtime_ns) == (before.st_mode, before.st_uid,
+                                                                before.st_mtime_ns)
+    assert_canary_intact(canary)
