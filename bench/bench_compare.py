@@ -5,7 +5,8 @@ a shared base layer (Python's standard library and Perl's modules) and one upper
 (CMake's modules / MIME and X11 data), the uppers also rewriting and whiting out files of
 the base. They are written as an OCI layout, so those runs are cold (puller never writes
 its scan cache into a user's layout); the "warm" rows use the same images loaded into a
-puller cache, where a first run kept each layer's scan. Baselines: ``tar -tzf`` over A's
+puller cache, where a first run kept each layer's scan; the "lean" rows skip typer's
+start-up (``python -m puller.cli.compare``, the argparse path). Baselines: ``tar -tzf`` over A's
 layers (for ``layers``) and over the three distinct layers (for ``diff``). puller and tar
 runs alternate, so load on the machine hits both alike; medians of --runs (>= 3, default 5).
 
@@ -155,6 +156,10 @@ def main() -> None:
             ("puller diff A B", PULLER + ["diff", f"oci:{layout}:a", f"oci:{layout}:b"],
              [blob[d] for d in dict.fromkeys(a.layer_digests + b.layer_digests)]),
         ]
+        lean = [sys.executable, "-m", "puller.cli.compare"]  # what entry.py may dispatch to
+        rows += [("  lean layers A", lean + ["layers", f"oci:{layout}:a"], rows[0][2]),
+                 ("  lean diff A B", lean + ["diff", f"oci:{layout}:a", f"oci:{layout}:b"],
+                  rows[1][2])]
         cache = warm_cache(layout, Path(tmp) / "cache")
         if cache is not None:  # the same images in a puller cache: scans are kept there
             rows += [

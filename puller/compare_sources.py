@@ -27,7 +27,8 @@ from typing import Any
 from .compare import ImageInput, LayerRef, history_of
 from .errors import ArchiveError, NotCached, UsageError
 
-__all__ = ["Source", "docker_archive", "from_cached", "open_input", "split_layer"]
+__all__ = ["Source", "docker_archive", "from_cached", "layout_image", "open_input",
+           "split_layer"]
 
 _LAYER_SUFFIX = re.compile(r"^(?P<spec>.+)@(?P<n>[0-9]+)$")
 _TAR_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -71,16 +72,16 @@ def from_cached(store: Any, img: Any, name: str, *, keep_scans: bool = False) ->
                       img.manifest.media_type)
 
 
-def open_input(spec: str, *, wanted: Any, resolve_image: Callable[[str], tuple[Any, Any]],
-               resolve_layout: Callable[[str, Any], tuple[Any, Any]]) -> Source:
+def open_input(spec: str, *, wanted: Any,
+               resolve_image: Callable[[str], tuple[Any, Any]]) -> Source:
     """Resolve one command-line image argument (see the module docstring).
 
-    The CLI passes its resolvers in (``resolve_image(ref) -> (store, CachedImage)`` pulls
-    what is missing unless offline; ``resolve_layout(DIR[:REF], platform)``), so that this
-    module never imports the CLI."""
+    The CLI passes its resolver of references in (``resolve_image(ref) -> (store,
+    CachedImage)``, pulling what is missing unless offline), so that this module never
+    imports the CLI nor, for local inputs, the HTTP stack."""
     base, upto = split_layer(spec)
     if base.startswith("oci:"):
-        store, img = resolve_layout(base[4:], wanted)
+        store, img = layout_image(base[4:], wanted)
         source = Source(from_cached(store, img, spec), None)
     elif base.startswith("docker-archive:"):
         source = Source(_archive(base[len("docker-archive:"):], wanted), None)
@@ -95,6 +96,31 @@ def open_input(spec: str, *, wanted: Any, resolve_image: Callable[[str], tuple[A
                              f"layer {upto} (layers are numbered from 1)")
         source = Source(replace(source.image, name=spec, upto=upto), source.cache)
     return source
+
+
+def layout_image(spec: str, wanted: Any) -> tuple[Any, Any]:
+    """``DIR[:REF]`` of an OCI image layout (REF may be left out when it holds one image):
+    its store and CachedImage, as ``puller unpack --layout`` reads it."""
+    from .image import resolve
+    from .store import Store
+    path, _, refname = spec.partition(":")
+    store = Store(path)
+    if not store.exists():
+        raise UsageError(f"{path} is not an OCI image layout (no index.json)")
+    refs = store.refs()
+    if refname:
+        matches = [r for r in refs if r.name == refname]
+    elif len(refs) > 1:
+        raise UsageError(f"{path} holds {len(refs)} images; name one as oci:{path}:REF")
+    else:
+        matches = refs
+    if not matches:
+        raise NotCached(f"no image {refname!r} in layout {path}")
+    img = resolve(store, matches[0], wanted)
+    if img is None:
+        raise NotCached(f"image {refname or matches[0].name!r} in {path} is incomplete "
+                        f"for {wanted}")
+    return store, img
 
 
 def _archive(spec: str, wanted: Any) -> ImageInput:

@@ -411,5 +411,7 @@ def test_lean_entry_point_parses_with_argparse(registry, cache_dir, capsys):
     assert compare_main("diff", [image, image, "--bogus", *common]) == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
     assert compare_main("ls", [image, "--layer", "0", *common]) == 2
+    assert compare_main("layers", [f"oci:{cache_dir}/nowhere", *common]) == 2
+    assert "not an OCI image layout" in capsys.readouterr().err
     code, out, _ = run(capsys, "diff", "--help")
     assert code == 0 and "--only" in out and "--mtime" in out

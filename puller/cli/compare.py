@@ -209,10 +209,8 @@ class _Context:
 
     def open(self, spec: str) -> Any:
         from ..compare_sources import open_input
-        from .unpack import resolve_layout
         try:
-            return open_input(spec, wanted=self.wanted, resolve_image=self._image,
-                              resolve_layout=resolve_layout)
+            return open_input(spec, wanted=self.wanted, resolve_image=self._image)
         finally:
             self.progress.close()
 
