@@ -256,3 +256,38 @@ def test_gnu_dumpdir_is_a_directory_and_its_listing_skipped() -> None:
                            hostile.member("d/file", b"x"))
     entries = read_all(blob)[0]
     assert [(e.path, e.type, e.size) for e in entries] == [("d", "dir", 0), ("d/file", "file", 1)]
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+FUZZ = hostile.without_end(tar_layer(F("a/b", "x", xattrs={"user.x": "y"}), L("l", "t"),
+                                     H("h", "a/b"), D("d"), F("n" * 200, "long"),
+                                     fmt=tarfile.PAX_FORMAT)) + hostile.archive(
+    hostile.pax({"GNU.sparse.map": "0,1,10,1", "GNU.sparse.size": "20", "mtime": "1.5"}),
+    hostile.member("s", b"ab"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(FUZZ) - 1), st.integers(0, 255)),
+                min_size=1, max_size=8),
+       st.integers(0, len(FUZZ)))
+def test_mutated_tars_fail_only_with_layer_errors(flips: list[tuple[int, int]], cut: int
+                                                   ) -> None:
+    """Whatever the bytes, the reader ends or raises LayerError: no other exception."""
+    data = bytearray(FUZZ[:cut])
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    try:
+        reader = LayerReader(io.BytesIO(bytes(data)))
+        for entry in reader:
+            for _ in reader.read_chunks():
+                pass
+            if entry.is_whiteout:
+                try:
+                    entry.whiteout_target
+                except LayerError:
+                    pass
+    except LayerError:
+        pass
