@@ -3,6 +3,7 @@
 (and ``umoci unpack``) make of A and B, computed here by walking both trees."""
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.catalog import catalog
-from fixtures.images import D, F, L, build_image, tar_layer, write_oci_layout
+from fixtures.images import WH, D, F, H, L, build_image, tar_layer, write_oci_layout
 from puller.cli.compare import bar, escape
 from puller.cli.entry import main
 from puller.compare import diff
@@ -415,3 +416,37 @@ def test_lean_entry_point_parses_with_argparse(registry, cache_dir, capsys):
     assert "not an OCI image layout" in capsys.readouterr().err
     code, out, _ = run(capsys, "diff", "--help")
     assert code == 0 and "--only" in out and "--mtime" in out
+
+
+EDGE_LOWER = tar_layer(D("real"), F("real/x", "base x"), L("alias", "real"), F("t", "target"),
+                       D("d"), F("d/keep", "k"), D("w"), F("w/old", "o"), F("f", "file"))
+EDGE_UPPER = tar_layer(
+    F("alias/x", "through the symlink"),       # lands in real/x
+    H("h", "t"), F("t", "replaced after link"),  # h keeps the old inode
+    F("d", "dir became a file"),                 # the subtree goes
+    WH("w"), D("w"), F("w/new", "n"),            # deleted and made again in one layer
+    D("f"), F("f/inside", "file became dir"),
+    F("deep/er/file", "parents made implicitly"))
+
+
+@ROOT
+@pytest.mark.skipif(not shutil.which("umoci"), reason="needs umoci")
+def test_oracle_edge_cases_against_both_unpackers(tmp_path, puller):
+    lower, upper = build_image([EDGE_LOWER], fmt="oci"), build_image([EDGE_LOWER, EDGE_UPPER],
+                                                                     fmt="oci")
+    layout = write_oci_layout(tmp_path / "layout", {"lower": lower, "upper": upper})
+    code, out, _ = puller("diff", f"oci:{layout}:lower", f"oci:{layout}:upper", "--json")
+    ours = {(r["path"], r["status"], tuple(r["what"])) for r in lines(out)
+            if r["record"] == "change"}
+    assert code == 1 and ("/real/x", "changed", ("content", "size")) in ours
+    from puller.unpack import unpack
+    trees = {}
+    for name, img in (("lower", lower), ("upper", upper)):
+        blobs = [layout / "blobs" / "sha256" / d.split(":")[1] for d in img.layer_digests]
+        unpack([functools.partial(Path.open, b, "rb") for b in blobs], img.diff_ids,
+               tmp_path / name)  # unpack closes what its openers return
+        subprocess.run(["umoci", "unpack", "--image", f"{layout}:{name}",
+                        str(tmp_path / f"u-{name}")], check=True, capture_output=True)
+        trees[name] = (tree(tmp_path / name), tree(tmp_path / f"u-{name}" / "rootfs"))
+    assert ours == tree_diff(trees["lower"][0], trees["upper"][0])  # puller unpack
+    assert ours == tree_diff(trees["lower"][1], trees["upper"][1])  # umoci
