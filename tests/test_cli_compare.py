@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.catalog import catalog
-from fixtures.images import WH, D, F, H, L, build_image, tar_layer, write_oci_layout
+from fixtures.images import WH, D, E, F, H, L, build_image, tar_layer, write_oci_layout
 from puller.cli.compare import bar, escape
 from puller.cli.entry import main
 from puller.compare import diff
@@ -426,7 +426,9 @@ EDGE_UPPER = tar_layer(
     F("d", "dir became a file"),                 # the subtree goes
     WH("w"), D("w"), F("w/new", "n"),            # deleted and made again in one layer
     D("f"), F("f/inside", "file became dir"),
-    F("deep/er/file", "parents made implicitly"))
+    F("deep/er/file", "parents made implicitly"),
+    F("owned", "o", uid=1000, gid=50), F("xa", "x", xattrs={"user.note": "v"}),
+    E("pipe", "fifo"), E("null", "char", devmajor=1, devminor=3))
 
 
 @ROOT
