@@ -477,3 +477,21 @@ def test_directory_attributes_never_reach_through_a_later_symlink(tmp_path: Path
     assert (after.st_mode, after.st_uid, after.st_mtime_ns) == (before.st_mode, before.st_uid,
                                                                 before.st_mtime_ns)
     assert_canary_intact(canary)
+
+
+@root_only
+def test_remove_tree_does_not_cross_mount_points(tmp_path: Path, canary: Path) -> None:
+    """A bind mount left inside a rootfs (a crashed container) is never emptied."""
+    import subprocess
+    from puller.errors import UnpackError
+    root = apply(tmp_path / "r", tar_layer(D("mnt"), D("etc"), F("etc/x")))
+    if subprocess.run(["mount", "--bind", str(canary), str(root / "mnt")]).returncode:
+        pytest.skip("cannot bind mount here")
+    try:
+        with pytest.raises(UnpackError, match="mount point"):
+            remove_tree(root)
+        assert_canary_intact(canary)
+    finally:
+        subprocess.run(["umount", str(root / "mnt")], check=True)
+    remove_tree(root)
+    assert not root.exists()

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from puller.errors import DiskFull, LayerError, LimitExceeded, UnsafeLayer
+from puller.errors import DiskFull, LayerError, LimitExceeded, UnpackError, UnsafeLayer
 from puller.layer.reader import LayerEntry, LayerReader, Limits
 
 __all__ = ["Applier", "LayerStats", "Skipped", "Limits", "remove_tree"]
@@ -920,11 +920,26 @@ class Applier:
 
 # --- tree removal -----------------------------------------------------------------------
 
+def _open_nofollow_noxdev(pfd: int, name: str, flags: int) -> int:
+    """Open ``name`` below ``pfd`` without following it and without crossing a mount point:
+    a bind mount left inside a rootfs (a crashed container) must never be emptied."""
+    if _HAVE_OPENAT2 is not False:
+        try:
+            return _openat2(pfd, name, flags, _BENEATH_STRICT | _RESOLVE_NO_XDEV)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                raise UnpackError(f"{name!r} is a mount point: not removing across it"
+                                  ) from None
+            if exc.errno != errno.ENOSYS:
+                raise
+    return os.open(name, flags | os.O_NOFOLLOW, dir_fd=pfd)
+
+
 def _open_dir_rw(pfd: int, name: str, privileged: bool) -> int:
     """Open a directory to empty it; unprivileged, first give ourselves u+rwx on it."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(name, flags, dir_fd=pfd)
+        fd = _open_nofollow_noxdev(pfd, name, flags)
     except PermissionError:
         if privileged:
             raise
@@ -933,7 +948,7 @@ def _open_dir_rw(pfd: int, name: str, privileged: bool) -> int:
             os.chmod(_proc(pfd2), 0o700)
         finally:
             os.close(pfd2)
-        fd = os.open(name, flags, dir_fd=pfd)
+        fd = _open_nofollow_noxdev(pfd, name, flags)
     if not privileged:
         st = os.fstat(fd)
         if st.st_mode & 0o700 != 0o700:
@@ -1014,7 +1029,8 @@ def _empty_files(fd: int, privileged: bool) -> list[str]:
 
 def remove_tree(path: Path | str) -> None:
     """Remove ``path`` and everything below it, even 0000 files and 0555 directories of an
-    unprivileged unpack, never following a symlink (a symlink ``path`` is itself removed).
+    unprivileged unpack, never following a symlink (a symlink ``path`` is itself removed)
+    and never crossing into a mount point (:class:`UnpackError`; what was before it is gone).
 
     Used by ``--force`` and by cache pruning; a missing ``path`` is not an error.
     """
