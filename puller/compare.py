@@ -68,6 +68,8 @@ __all__ = [
 Progress = Callable[[dict[str, Any]], None]
 _SCAN_FORMAT = 1
 _MAX_SYMLINKS = 40
+_NODE_TYPES = frozenset(("file", "dir", "symlink", "hardlink", "char", "block", "fifo",
+                         "whiteout", "opaque"))
 COMPARED = ("type", "content", "size", "mode", "uid", "gid", "link", "device", "xattrs")
 RUNTIME_FIELDS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User", "ExposedPorts", "Volumes",
                   "Labels")
@@ -104,6 +106,10 @@ class Node:
     layer: int = 0
     source: tuple[int, int] = (0, -1)
     implicit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in _NODE_TYPES:
+            raise ValueError(f"unknown node type {self.type!r} for {self.path!r}")
 
     @property
     def own_bytes(self) -> int:
@@ -163,6 +169,10 @@ class LayerRef:
     open: Callable[[], BinaryIO] = field(repr=False, compare=False)
     created_by: str = ""
     cache: Any = field(default=None, repr=False, compare=False)  # a Store keeping its scan
+
+    def __post_init__(self) -> None:
+        if self.index < 1:
+            raise ValueError(f"layer index {self.index}: layers are numbered from 1")
 
 
 @dataclass(frozen=True, slots=True)
