@@ -70,7 +70,6 @@ _SCAN_FORMAT = 1
 _MAX_SYMLINKS = 40
 _NODE_TYPES = frozenset(("file", "dir", "symlink", "hardlink", "char", "block", "fifo",
                          "whiteout", "opaque"))
-COMPARED = ("type", "content", "size", "mode", "uid", "gid", "link", "device", "xattrs")
 RUNTIME_FIELDS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User", "ExposedPorts", "Volumes",
                   "Labels")
 
