@@ -384,21 +384,30 @@ def test_depth_and_path_bombs(tmp_path: Path) -> None:
         apply(tmp_path / "r", tar_layer(F("x" * 5000)), limits=Limits(max_path=4096))
 
 
-def test_free_space_is_watched(tmp_path: Path) -> None:
-    st = os.statvfs(tmp_path)
-    with pytest.raises(DiskFull):
-        apply(tmp_path / "r", tar_layer(F("a", "x")),
-              limits=Limits(min_free_bytes=st.f_bavail * st.f_frsize + (1 << 30)))
+class FakeStatvfs:
+    def __init__(self, avail: int, total: int = 10 << 30) -> None:
+        self.f_frsize, self.f_blocks, self.f_bavail = 4096, total // 4096, avail // 4096
+
+
+def test_free_space_is_checked_before_writing(tmp_path: Path, monkeypatch) -> None:
+    import puller.layer.applier as applier_mod
+    monkeypatch.setattr(applier_mod.os, "fstatvfs", lambda fd: FakeStatvfs(100 << 20))
+    with pytest.raises(DiskFull, match="1024 MiB would remain"):
+        apply(tmp_path / "r", tar_layer(F("a", "x")))
     assert list(tmp_path.iterdir()) == []
 
 
-def test_free_space_margin_counts_what_is_written(tmp_path: Path) -> None:
-    st = os.statvfs(tmp_path)
-    free = st.f_bavail * st.f_frsize
+def test_free_space_margin_counts_what_is_written(tmp_path: Path, monkeypatch) -> None:
+    """10 % of a 10 GiB file system is kept free: 1.1 GiB free leaves ~100 MiB to write."""
+    import puller.layer.applier as applier_mod
+
+    def used() -> int:  # the fake file system shrinks as the unpack writes
+        return sum(p.lstat().st_blocks * 512 for p in tmp_path.rglob("*"))
+    monkeypatch.setattr(applier_mod.os, "fstatvfs", lambda fd: FakeStatvfs((1100 << 20) - used()))
+    apply(tmp_path / "ok", tar_layer(F("small", bytes(1 << 20))))
     with pytest.raises(DiskFull):
-        apply(tmp_path / "r", tar_layer(F("big", bytes(8 << 20))),
-              limits=Limits(min_free_ratio=0, min_free_bytes=free - (4 << 20)))
-    assert list(tmp_path.iterdir()) == []
+        apply(tmp_path / "r", tar_layer(F("a", bytes(60 << 20)), F("b", bytes(60 << 20))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]
 
 
 # --- remove_tree --------------------------------------------------------------------------
