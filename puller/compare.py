@@ -778,18 +778,15 @@ def _shared_prefix(a: ImageInput, b: ImageInput) -> int:
     return n
 
 
-class _CountingStore:
-    """Counts the layers a diff had to read (for the notes and the tests); thread-safe."""
+class _ReadCounter:
+    """A progress callback counting the layer blobs a diff had to read (not cached)."""
 
     def __init__(self) -> None:
-        import threading
         self.read = 0
-        self._lock = threading.Lock()
 
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("event") == "layer-scan":
-            with self._lock:
-                self.read += 1
+            self.read += 1
 
 
 def diff(a: ImageInput, b: ImageInput, *, store: Any = None, mtime: bool = False,
@@ -800,7 +797,7 @@ def diff(a: ImageInput, b: ImageInput, *, store: Any = None, mtime: bool = False
     the chains are equal nothing is read at all, else only the paths that either side's
     upper layers touch are compared (everything else is the shared base on both sides)."""
     a, b = _selected(a), _selected(b)
-    counter = _CountingStore()
+    counter = _ReadCounter()
 
     def emit(event: dict[str, Any]) -> None:
         counter(event)
@@ -902,7 +899,7 @@ def diff_layers(a: ImageInput, b: ImageInput, *, store: Any = None, mtime: bool 
     """Layer ``a.upto`` of ``a`` against layer ``b.upto`` of ``b``: their own entries
     (whiteouts and opaque markers included), not the merged views."""
     la, lb = (_selected(x).layers[-1] for x in (a, b))
-    counter = _CountingStore()
+    counter = _ReadCounter()
     views = []
     for layer in (la, lb):
         scan = scan_layer(layer, store=store, progress=counter)
