@@ -291,3 +291,13 @@ def test_mutated_tars_fail_only_with_layer_errors(flips: list[tuple[int, int]], 
                     pass
     except LayerError:
         pass
+
+
+@pytest.mark.parametrize("records", [{"uid": "abc"}, {"uid": "-1"}, {"size": "1e3"},
+                                     {"GNU.sparse.map": "0,x"}, {"mtime": "soon"},
+                                     {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                      "GNU.sparse.realsize": "10"}])
+def test_bad_pax_values_are_layer_errors(records: dict[str, str]) -> None:
+    blob = hostile.archive(hostile.pax(records), hostile.member("f", b"abc"))
+    with pytest.raises(LayerError):
+        LayerReader(io.BytesIO(blob)).finish()

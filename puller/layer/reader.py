@@ -359,6 +359,67 @@ def _parse_pax(data: bytes) -> list[tuple[str, bytes]]:
     return records
 
 
+def _pax_int(key: str, value: bytes) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise LayerError(f"invalid PAX {key} {value[:40]!r}") from None
+    if number < 0:
+        raise LayerError(f"negative PAX {key}")
+    return number
+
+
+class _Pax:
+    """What PAX records (global, then per entry) override in a header."""
+
+    __slots__ = ("name", "linkname", "size", "fields", "xattrs", "sparse_map", "sparse_name",
+                 "sparse_size", "sparse_major")
+
+    def __init__(self, records: list[tuple[str, bytes]]) -> None:
+        self.name: str | None = None
+        self.linkname: str | None = None
+        self.size: int | None = None
+        self.fields: dict = {}
+        self.xattrs: dict[str, bytes] = {}
+        self.sparse_map: list[int] = []
+        self.sparse_name: str | None = None
+        self.sparse_size: int | None = None
+        self.sparse_major: int | None = None
+        for key, value in records:
+            self._one(key, value)
+
+    def _one(self, key: str, value: bytes) -> None:
+        text = value.decode("utf-8", "surrogateescape")
+        if key == "path":
+            self.name = text
+        elif key == "linkpath":
+            self.linkname = text
+        elif key == "size":
+            self.size = _pax_int(key, value)
+        elif key in ("uid", "gid"):
+            self.fields[key] = _pax_int(key, value)
+        elif key == "mtime":
+            self.fields["mtime_ns"] = _pax_time_ns(text)
+        elif key in ("uname", "gname"):
+            self.fields[key] = text
+        elif key.startswith("SCHILY.xattr."):
+            self.xattrs[key[len("SCHILY.xattr."):]] = value  # raw bytes, binary allowed
+        elif key.startswith("GNU.sparse."):
+            self._sparse(key[len("GNU.sparse."):], key, value, text)
+
+    def _sparse(self, sub: str, key: str, value: bytes, text: str) -> None:
+        if sub in ("offset", "numbytes"):          # format 0.0: repeated pairs
+            self.sparse_map.append(_pax_int(key, value))
+        elif sub == "map":                         # format 0.1: one comma list
+            self.sparse_map = [_pax_int(key, v) for v in value.split(b",") if v]
+        elif sub == "name":
+            self.sparse_name = text
+        elif sub in ("size", "realsize"):
+            self.sparse_size = _pax_int(key, value)
+        elif sub == "major":                       # format 1.0: map in the data
+            self.sparse_major = _pax_int(key, value)
+
+
 class LayerReader:
     """Iterate the entries of one layer blob; see the module docstring.
 
@@ -539,47 +600,18 @@ class LayerReader:
             name = longname
         if longlink is not None:
             linkname = longlink
-        fields = {"uid": _num(block[108:116], "uid"), "gid": _num(block[116:124], "gid"),
-                  "mtime_ns": _num(block[136:148], "mtime") * 1_000_000_000}
-        uname, gname = _str(block[265:297]), _str(block[297:329])
-        xattrs: dict[str, bytes] = {}
-        sparse_map: list[int] = []
-        sparse_name = sparse_size = None
-        sparse_major = None
-        for key, value in [*self._global.items(), *pax]:
-            if key == "path":
-                name = value.decode("utf-8", "surrogateescape")
-            elif key == "linkpath":
-                linkname = value.decode("utf-8", "surrogateescape")
-            elif key in ("uid", "gid", "size"):
-                try:
-                    number = int(value)
-                except ValueError:
-                    raise LayerError(f"invalid PAX {key} {value!r}") from None
-                if key == "size":
-                    size = number
-                else:
-                    fields[key] = number
-            elif key == "mtime":
-                fields["mtime_ns"] = _pax_time_ns(value.decode("ascii", "replace"))
-            elif key == "uname":
-                uname = value.decode("utf-8", "surrogateescape")
-            elif key == "gname":
-                gname = value.decode("utf-8", "surrogateescape")
-            elif key.startswith("SCHILY.xattr."):
-                xattrs[key[len("SCHILY.xattr."):]] = value
-            elif key.startswith("GNU.sparse."):
-                sub = key[len("GNU.sparse."):]
-                if sub in ("offset", "numbytes"):
-                    sparse_map.append(int(value))
-                elif sub == "map":
-                    sparse_map = [int(v) for v in value.split(b",") if v] if value else []
-                elif sub == "name":
-                    sparse_name = value.decode("utf-8", "surrogateescape")
-                elif sub in ("size", "realsize"):
-                    sparse_size = int(value)
-                elif sub == "major":
-                    sparse_major = int(value)
+        fields: dict = {"uid": _num(block[108:116], "uid"),
+                        "gid": _num(block[116:124], "gid"),
+                        "mtime_ns": _num(block[136:148], "mtime") * 1_000_000_000,
+                        "uname": _str(block[265:297]), "gname": _str(block[297:329])}
+        over = _Pax([*self._global.items(), *pax])
+        name = over.name if over.name is not None else name
+        linkname = over.linkname if over.linkname is not None else linkname
+        size = over.size if over.size is not None else size
+        fields.update(over.fields)
+        xattrs = over.xattrs
+        sparse_map, sparse_name, sparse_size, sparse_major = (
+            over.sparse_map, over.sparse_name, over.sparse_size, over.sparse_major)
         if size < 0:
             raise LayerError(f"negative size for {name!r}")
         if etype != "file":
@@ -596,7 +628,7 @@ class LayerReader:
             if sparse_name is not None:
                 name = sparse_name
             if sparse_major == 1:
-                sparse_map, used = self._sparse_map_10()
+                sparse_map, used = self._sparse_map_10(data_size)
                 data_size -= used
             sparse = tuple(zip(sparse_map[0::2], sparse_map[1::2]))
             size_out = sparse_size if sparse_size is not None else size
@@ -619,8 +651,7 @@ class LayerReader:
             size=size_out, linkname=linkname,
             devmajor=_num(block[329:337], "devmajor") if etype in ("char", "block") else 0,
             devminor=_num(block[337:345], "devminor") if etype in ("char", "block") else 0,
-            xattrs=tuple(sorted(xattrs.items())), uname=uname, gname=gname, sparse=sparse,
-            **fields)
+            xattrs=tuple(sorted(xattrs.items())), sparse=sparse, **fields)
         self._current = entry
         return entry
 
@@ -647,7 +678,7 @@ class LayerReader:
                 raise LimitExceeded("sparse map too long")
         return tuple(regions), real_size
 
-    def _sparse_map_10(self) -> tuple[list[int], int]:
+    def _sparse_map_10(self, stored: int) -> tuple[list[int], int]:
         """GNU sparse 1.0: the map is decimal lines at the start of the data, 512-padded."""
         used = 0
         text = b""
@@ -655,6 +686,8 @@ class LayerReader:
         def line() -> int:
             nonlocal used, text
             while b"\n" not in text:
+                if used + 512 > stored:
+                    raise LayerError("GNU sparse 1.0 map longer than its entry")
                 text += self._read_exact(512, "sparse map")
                 used += 512
                 if len(text) > self._limits.max_header:
