@@ -37,6 +37,9 @@ def _lean(command: str):
     if command in ("save", "load", "export", "import"):
         from .archive import main as archive_main
         return lambda argv: archive_main(command, argv)
+    if command in ("layers", "ls", "cat", "which", "diff"):
+        from .compare import main as compare_main
+        return lambda argv: compare_main(command, argv)
     return None
 
 
