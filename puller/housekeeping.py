@@ -311,6 +311,10 @@ def _prune_meta(store: Store, graph: Graph) -> Iterator[Removal]:
     for p in sorted(base.glob("*.json")) if base.is_dir() else ():
         if p.name[:-5] not in keep:
             yield Removal("meta", str(p), _tree_size(p))
+    # Layer scans of `puller layers/diff`: compare/<algo>-<hex>.v<N>.json.gz
+    for p in sorted((base / "compare").glob("*.json.gz")) if (base / "compare").is_dir() else ():
+        if p.name.split(".", 1)[0].partition("-")[2] not in keep:
+            yield Removal("meta", str(p), _tree_size(p))
 
 
 def _prune_rootfs(store: Store, graph: Graph) -> Iterator[Removal]:

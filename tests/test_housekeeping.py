@@ -244,3 +244,17 @@ def test_pulls_racing_prunes_leave_a_sound_cache(registry, cache_dir):
     report = verify(store)
     assert report.ok and report.checked == len(reachable(store).blobs.keys() & set(store.iter_blobs()))
     assert cli.run("verify", "--cache", str(cache_dir)).returncode == 0
+
+
+def test_prune_removes_layer_scans_of_unreachable_layers(registry, tmp_path):
+    from fixtures import cli as _cli
+    cache = tmp_path / "scan-cache"
+    ref = f"{registry.host}/library/busybox:multi"
+    assert _cli.run("layers", "--cache", str(cache), ref).returncode == 0
+    scans = list((cache / "meta" / "compare").glob("*.json.gz"))
+    assert scans
+    assert _cli.run("prune", "--cache", str(cache)).returncode == 0
+    assert all(p.exists() for p in scans)  # still reachable
+    assert _cli.run("rmi", "--cache", str(cache), ref).returncode == 0
+    assert _cli.run("prune", "--cache", str(cache)).returncode == 0
+    assert not any(p.exists() for p in scans)
