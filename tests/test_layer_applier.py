@@ -504,3 +504,17 @@ def test_remove_tree_does_not_cross_mount_points(tmp_path: Path, canary: Path) -
         subprocess.run(["umount", str(root / "mnt")], check=True)
     remove_tree(root)
     assert not root.exists()
+
+
+def test_symlink_loops_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UnsafeLayer, match="symlinks"):
+        apply(tmp_path / "r", tar_layer(L("a", "b"), L("b", "a"), F("a/x")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_utf8_names_keep_their_bytes(tmp_path: Path) -> None:
+    layer = hostile.archive(hostile.member(b"caf\xe9", b"latin-1"),
+                            hostile.member(b"d\xff/f", b"x"))
+    root = apply(tmp_path / "r", layer)
+    assert sorted(os.listdir(os.fsencode(root))) == [b"caf\xe9", b"d\xff"]
+    assert (root / os.fsdecode(b"caf\xe9")).read_bytes() == b"latin-1"
