@@ -244,3 +244,15 @@ def test_rootless_unpack_modes_record_and_removal(nobody_dir: Path) -> None:
     proc = run_as_nobody(nobody_dir, "remove")
     assert proc.returncode == 0, proc.stderr
     assert not root.exists()
+
+
+def test_no_fd_leaks_on_success_or_failure(tmp_path: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    deep = tar_layer(*[F(f"d{i % 20}/" + "/".join(["x"] * 8) + f"/f{i}") for i in range(150)])
+    for n in range(2):
+        unpack(sources(compress(deep, "gzip")), [sha256(deep)], tmp_path / f"ok{n}")
+        with pytest.raises(DigestMismatch):
+            unpack(sources(compress(deep, "gzip")), [sha256(L1)], tmp_path / f"bad{n}")
+        with pytest.raises(LayerError):
+            unpack(sources(compress(deep, "gzip")[:-100]), [sha256(deep)], tmp_path / "t")
+    assert len(os.listdir("/proc/self/fd")) == before
