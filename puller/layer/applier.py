@@ -638,11 +638,11 @@ class Applier:
         if path not in self._touched and path not in self._holds:
             self._clear(pfd, name, path)
             return
-        stack = [(path, name, pfd, False)]
+        stack = [(path, name, pfd)]
         opened: list[int] = []
         try:
             while stack:
-                p, n, fd, _ = stack.pop()
+                p, n, fd = stack.pop()
                 if p not in self._touched and p not in self._holds:
                     self._clear(fd, n, p)
                     continue
@@ -657,7 +657,7 @@ class Applier:
                     raise
                 opened.append(dfd)
                 for child in os.listdir(dfd):
-                    stack.append((f"{p}/{child}", child, dfd, False))
+                    stack.append((f"{p}/{child}", child, dfd))
         finally:
             for fd in opened:
                 os.close(fd)
