@@ -188,7 +188,7 @@ def _fetch_image(reg, store: Store, repo: str, m: Manifest, emit, jobs: int, cou
     for d in (m.config, *m.layers):
         wanted.setdefault(d.digest, d)
     todo = [d for d in wanted.values() if not store.has_blob(d.digest, d.size)]
-    emit({"event": "blobs", "total": len(wanted), "missing": len(todo),
+    emit({"event": "blobs", "manifest": m.digest, "total": len(wanted), "missing": len(todo),
           "bytes": sum(d.size for d in todo)})
     if not todo:
         return

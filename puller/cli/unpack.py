@@ -39,20 +39,29 @@ def resolve_layout(spec: str, wanted):
     return store, img
 
 
-def resolve_image(image: str, *, cache, wanted, offline: bool, progress, options):
-    """A ref from the cache, pulled first when it is not complete there."""
+def cached_image(image: str, *, cache, wanted, offline: bool):
+    """``(store, image)`` from the cache; image is None when it must be pulled first."""
     from ..errors import NotCached
     from ..image import lookup_ref, resolve
-    from ..pull import pull
     from ..reference import parse
     from ..store import Store
     ref = parse(image)
     store = Store(cache)
     entry = lookup_ref(store, ref) if store.exists() else None
     img = resolve(store, entry, wanted) if entry is not None else None
+    if img is None and offline:
+        raise NotCached(f"{ref.familiar} is not in the cache (offline mode)")
+    return store, img
+
+
+def resolve_image(image: str, *, cache, wanted, offline: bool, progress, options):
+    """A ref from the cache, pulled first when it is not complete there."""
+    from ..image import lookup_ref, resolve
+    from ..pull import pull
+    from ..reference import parse
+    store, img = cached_image(image, cache=cache, wanted=wanted, offline=offline)
     if img is None:
-        if offline:
-            raise NotCached(f"{ref.familiar} is not in the cache (offline mode)")
+        ref = parse(image)
         pull(ref, store=store, platform=wanted, options=options, progress=progress)
         img = resolve(store, lookup_ref(store, ref), wanted)
     return store, img
@@ -76,17 +85,24 @@ def unpack_cmd(args: list[str] = typer.Argument(..., metavar="[IMAGE] DEST", sho
     wanted = parse_platform(platform)
     prog = progress_for(quiet, progress, verbose)
     try:
+        img = None
         if layout:
             store, img = resolve_layout(layout, wanted)
         else:
-            store, img = resolve_image(image, cache=cache, wanted=wanted, offline=offline_default(offline),
-                                       progress=prog, options=registry_options(registry_mirror, insecure_registry))
-        record = None
-        if os.geteuid() != 0:
-            record = store.root / "rootless" / f"{img.local_digest.split(':')[1]}.json"
-            record.parent.mkdir(parents=True, exist_ok=True)
-        result = unpack(img.layer_openers(store), img.diff_ids, dest, force=force, record=record,
-                        progress=prog)
+            store, img = cached_image(image, cache=cache, wanted=wanted, offline=offline_default(offline))
+        if img is None:  # not cached: pull and unpack at once, layer n while n+1 downloads
+            from ..pipeline import pull_and_unpack
+            from ..reference import parse
+            img, result, record = pull_and_unpack(
+                parse(image), store, wanted, dest, force=force, progress=prog,
+                options=registry_options(registry_mirror, insecure_registry))
+        else:
+            record = None
+            if os.geteuid() != 0:
+                record = store.root / "rootless" / f"{img.local_digest.split(':')[1]}.json"
+                record.parent.mkdir(parents=True, exist_ok=True)
+            result = unpack(img.layer_openers(store), img.diff_ids, dest, force=force, record=record,
+                            progress=prog)
     finally:
         prog.close()
     if json_out:
