@@ -5,6 +5,8 @@ Rows (medians of --runs runs, default 3):
   warm pull   puller pull of an unchanged tag   vs  skopeo copy again into the same layout
   resume      puller pull through a link that drops the connection twice: bytes fetched
               relative to the image size, and time relative to an uninterrupted pull
+  cold unpack puller unpack into an empty cache (pull and apply overlap)
+              vs  skopeo copy docker://... oci:EMPTY + umoci unpack
 
 Usage: .venv/bin/python bench/bench_pull.py [--runs N]
 """
@@ -75,6 +77,19 @@ def main() -> None:
             shutil.rmtree(oci)
         print(f"cold pull   puller {med(cold_p):6.3f} s   skopeo {med(cold_s):6.3f} s   ratio {med(cold_p) / med(cold_s):.2f}x  (target <= 1.0x)")
         print(f"warm pull   puller {med(warm_p):6.3f} s   skopeo {med(warm_s):6.3f} s   ratio {med(warm_p) / med(warm_s):.2f}x  (target <= 0.15 s)")
+
+        cu_p, cu_s = [], []
+        for i in range(args.runs):
+            cu_p.append(timed([PULLER, "unpack", "-q", "--cache", str(work / f"uc{i}"), ref, str(work / f"ur{i}")]))
+            t = time.perf_counter()
+            subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{work}/uo{i}:x"],
+                           check=True, capture_output=True)
+            subprocess.run(["umoci", "unpack", "--image", f"{work}/uo{i}:x", str(work / f"ub{i}")],
+                           check=True, capture_output=True)
+            cu_s.append(time.perf_counter() - t)
+            for d in (f"uc{i}", f"ur{i}", f"uo{i}", f"ub{i}"):
+                shutil.rmtree(work / d, ignore_errors=True)
+        print(f"cold unpack puller {med(cu_p):6.3f} s   skopeo+umoci {med(cu_s):6.3f} s   ratio {med(cu_p) / med(cu_s):.2f}x  (target <= 0.8x)")
 
         port = int(reg.host.rsplit(":", 1)[1])
         plain, dropped, ratios = [], [], []

@@ -8,7 +8,6 @@ images.
 from __future__ import annotations
 
 import os
-import platform as _platform
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -75,7 +74,7 @@ def _arm_variant() -> str:
 
 
 def host_platform() -> Platform:
-    machine = _platform.machine().lower()
+    machine = os.uname().machine.lower()  # not the stdlib platform module: slow to import
     arch = _ARCH.get(machine, machine)
     variant = _arm_variant() if arch == "arm" else ""
     return Platform("linux", arch, variant)

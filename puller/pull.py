@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -196,6 +195,7 @@ def _fetch_image(reg, store: Store, repo: str, m: Manifest, emit, jobs: int, cou
         for d in todo:
             fetch_blob(reg, store, repo, d, emit, counter)
         return
+    from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=min(jobs, len(todo)), thread_name_prefix="pull") as pool:
         futures = [pool.submit(fetch_blob, reg, store, repo, d, emit, counter) for d in todo]
         errors = []

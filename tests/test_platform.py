@@ -19,10 +19,14 @@ def test_parse_and_str():
 
 
 def test_host_platform_is_go_names(monkeypatch):
-    import platform as p
-    monkeypatch.setattr(p, "machine", lambda: "x86_64")
+    import os
+    real = os.uname()
+
+    def fake(machine):
+        return lambda: os.uname_result((real.sysname, real.nodename, real.release, real.version, machine))
+    monkeypatch.setattr(os, "uname", fake("x86_64"))
     assert host_platform() == Platform("linux", "amd64")
-    monkeypatch.setattr(p, "machine", lambda: "aarch64")
+    monkeypatch.setattr(os, "uname", fake("aarch64"))
     assert host_platform() == Platform("linux", "arm64")
 
 
