@@ -231,6 +231,11 @@ def _launch(launch: namespace.Launch, mapping: userns.Mapping) -> int:
         pty_parent, pty_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     channels = namespace.Channels(report_w, go_r, None if pty_child is None
                                   else pty_child.detach())
+    # Handlers first: a signal that comes while the children start is queued, not lost
+    # (the keeper replaces them with its own at once).
+    forward = Forwarder()
+    previous = forward.install(_FORWARDED if not launch.tty else _FORWARDED[:-1],
+                               keep_ignored=True)
     pid = os.fork()
     if pid == 0:
         os.close(report_r)
@@ -242,8 +247,6 @@ def _launch(launch: namespace.Launch, mapping: userns.Mapping) -> int:
     os.close(go_r)
     if channels.pty is not None:
         os.close(channels.pty)
-    forward = Forwarder()
-    previous = forward.install(_FORWARDED if not launch.tty else _FORWARDED[:-1])
     served = _Served()
     try:
         _serve(report_r, go_w, pid, mapping, forward, served)

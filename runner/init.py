@@ -40,11 +40,12 @@ class Forwarder:
         except ProcessLookupError:
             pass
 
-    def install(self, signals: tuple[int, ...]) -> dict[int, object]:
-        """Handle ``signals``, except those ignored on purpose (``nohup`` ignores SIGHUP:
-        it stays ignored); return the previous handlers."""
+    def install(self, signals: tuple[int, ...], *, keep_ignored: bool = False
+                ) -> dict[int, object]:
+        """Handle ``signals``; with ``keep_ignored``, not those ignored on purpose by our
+        caller (``nohup`` ignores SIGHUP: it stays ignored). Return the previous handlers."""
         return {s: signal.signal(s, self) for s in signals
-                if signal.getsignal(s) != signal.SIG_IGN}
+                if not (keep_ignored and signal.getsignal(s) == signal.SIG_IGN)}
 
     def set_target(self, pid: int) -> None:
         self.target = pid

@@ -129,6 +129,10 @@ class _Orphan:
 
 
 def _keeper(launch: Launch, ch: Channels) -> int:
+    # The runner's forwarding handlers are not ours: keyboard signals for the whole process
+    # group must not kill the keeper before it has cleaned up (the runner forwards them).
+    for signum in _KEEPER_IGNORES:
+        signal.signal(signum, signal.SIG_IGN)
     # If the runner dies (even by SIGKILL), take the container down and still clean up.
     orphan = _Orphan()
     signal.signal(_ORPHANED, orphan)
@@ -160,10 +164,6 @@ def _keeper(launch: Launch, ch: Channels) -> int:
     if pid == 0:
         container_init(launch, ch)
     orphan.child = pid
-    # The runner forwards signals straight to PID 1; a keyboard signal for the whole
-    # process group must not kill the keeper before it has cleaned up.
-    for signum in _KEEPER_IGNORES:
-        signal.signal(signum, signal.SIG_IGN)
     _say(ch, f"pid {pid}")
     for fd in (ch.report, ch.go) + (() if ch.pty is None else (ch.pty,)):
         os.close(fd)

@@ -193,6 +193,12 @@ def test_read_only_root(box: Sandbox) -> None:
     assert out.stdout.split() == ["refused", "ok"], out.stderr
 
 
+def test_mounts_are_private(box: Sandbox) -> None:
+    """`mount --make-rprivate /` first: nothing propagates to or from the host."""
+    out = sh(box, "grep -c shared: /proc/self/mountinfo; grep -c master: /proc/self/mountinfo")
+    assert out.stdout.split() == ["0", "0"], out.stderr
+
+
 def test_dev_has_the_usual_nodes(box: Sandbox) -> None:
     out = sh(box, "head -c 4 /dev/zero | wc -c; echo x > /dev/null && echo null-ok; "
                   "ls /dev/pts; readlink /dev/ptmx; test -d /dev/shm && echo shm")
@@ -234,17 +240,30 @@ def _wait_line(proc: subprocess.Popen[str], text: str) -> None:
     assert line.strip() == text, (line, proc.stderr.read() if proc.stderr else "")
 
 
-def test_init_forwards_sigterm(box: Sandbox) -> None:
-    proc = subprocess.Popen(box.command(["sh", "-c", "echo ready; exec sleep 100"], init=True),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                    signal.SIGQUIT])
+def test_init_forwards_signals(box: Sandbox, signum: signal.Signals) -> None:
+    if signal.getsignal(signum) == signal.SIG_IGN:
+        pytest.skip(f"{signum.name} is ignored by this test's caller, so it stays ignored")
+    marker = f"100.{signum}"  # sleep itself, no shell (ash ignores SIGQUIT while it runs)
+    proc = subprocess.Popen(box.command(["sleep", marker], init=True), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
     try:
-        _wait_line(proc, "ready")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 143
+        _wait_for_process(f"sleep\0{marker}\0")
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == 128 + signum  # 143 for SIGTERM
     finally:
         proc.kill()
         proc.wait()
+
+
+def _wait_for_process(cmdline: str) -> None:
+    for _ in range(2000):
+        if any(_cmdline(pid) == cmdline for pid in filter(str.isdigit, os.listdir("/proc"))):
+            return
+        select.select([], [], [], 0.01)
+    raise AssertionError(f"{cmdline!r} never started")
 
 
 def test_without_init_pid1_ignores_unhandled_sigterm_but_trap_works(box: Sandbox) -> None:
