@@ -27,7 +27,7 @@ from typing import Any
 from .compare import ImageInput, LayerRef, history_of
 from .errors import ArchiveError, NotCached, UsageError
 
-__all__ = ["Source", "docker_archive", "from_cached", "layout_image", "open_input",
+__all__ = ["Source", "docker_archive", "from_cached", "open_input",
            "split_layer"]
 
 _LAYER_SUFFIX = re.compile(r"^(?P<spec>.+)@(?P<n>[0-9]+)$")
@@ -81,6 +81,7 @@ def open_input(spec: str, *, wanted: Any,
     imports the CLI nor, for local inputs, the HTTP stack."""
     base, upto = split_layer(spec)
     if base.startswith("oci:"):
+        from .image import layout_image
         store, img = layout_image(base[4:], wanted)
         source = Source(from_cached(store, img, spec), None)
     elif base.startswith("docker-archive:"):
@@ -96,31 +97,6 @@ def open_input(spec: str, *, wanted: Any,
                              f"layer {upto} (layers are numbered from 1)")
         source = Source(replace(source.image, name=spec, upto=upto), source.cache)
     return source
-
-
-def layout_image(spec: str, wanted: Any) -> tuple[Any, Any]:
-    """``DIR[:REF]`` of an OCI image layout (REF may be left out when it holds one image):
-    its store and CachedImage, as ``puller unpack --layout`` reads it."""
-    from .image import resolve
-    from .store import Store
-    path, _, refname = spec.partition(":")
-    store = Store(path)
-    if not store.exists():
-        raise UsageError(f"{path} is not an OCI image layout (no index.json)")
-    refs = store.refs()
-    if refname:
-        matches = [r for r in refs if r.name == refname]
-    elif len(refs) > 1:
-        raise UsageError(f"{path} holds {len(refs)} images; name one as oci:{path}:REF")
-    else:
-        matches = refs
-    if not matches:
-        raise NotCached(f"no image {refname!r} in layout {path}")
-    img = resolve(store, matches[0], wanted)
-    if img is None:
-        raise NotCached(f"image {refname or matches[0].name!r} in {path} is incomplete "
-                        f"for {wanted}")
-    return store, img
 
 
 def _archive(spec: str, wanted: Any) -> ImageInput:

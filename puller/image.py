@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from .errors import CacheError, NotCached, PullerError
+from .errors import CacheError, NotCached, PullerError, UsageError
 from .manifest import REGISTRY_DIGEST, Descriptor, Index, Manifest, parse
 from .platform import Platform, select
 from .store import RefEntry, Store
 
-__all__ = ["CachedImage", "resolve", "lookup_ref", "PreparedImage", "prepare_rootfs"]
+__all__ = ["CachedImage", "resolve", "lookup_ref", "layout_image", "PreparedImage", "prepare_rootfs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +104,29 @@ def resolve(store: Store, entry: RefEntry, wanted: Platform) -> CachedImage | No
         except ValueError:
             raise CacheError(f"cached config {top.config.digest} is not JSON") from None
     return CachedImage(entry.name, entry.registry_digest, manifest_registry_digest, top, config_raw, plat)
+
+
+def layout_image(spec: str, wanted: Platform) -> tuple[Store, CachedImage]:
+    """``DIR[:REF]`` of an OCI image layout (REF may be left out when it holds one image):
+    its store and CachedImage, as ``puller unpack --layout`` reads it."""
+    path, _, refname = spec.partition(":")
+    store = Store(path)
+    if not store.exists():
+        raise UsageError(f"{path} is not an OCI image layout (no index.json)")
+    refs = store.refs()
+    if refname:
+        matches = [r for r in refs if r.name == refname]
+    elif len(refs) > 1:
+        raise UsageError(f"{path} holds {len(refs)} images; name one as {path}:REF")
+    else:
+        matches = refs
+    if not matches:
+        raise NotCached(f"no image {refname!r} in layout {path}")
+    img = resolve(store, matches[0], wanted)
+    if img is None:
+        raise NotCached(f"image {refname or matches[0].name!r} in {path} is incomplete "
+                        f"for {wanted}")
+    return store, img
 
 
 @dataclass(frozen=True, slots=True)

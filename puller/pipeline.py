@@ -14,7 +14,7 @@ from typing import Callable
 
 from .errors import CacheError, PullerError
 from .image import CachedImage, lookup_ref, resolve
-from .manifest import Index, Manifest, parse
+from .manifest import Manifest, parse
 from .platform import Platform
 from .store import Store
 

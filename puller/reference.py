@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 from puller.errors import BadReference
 
-__all__ = ["DOCKER_HUB", "Reference", "parse", "parse_digest"]
+__all__ = ["DOCKER_HUB", "Reference", "is_loopback_host", "parse", "parse_digest"]
 
 DOCKER_HUB = "docker.io"
 """The canonical name of Docker Hub in references."""
@@ -200,7 +200,7 @@ class Reference:
     @property
     def is_loopback(self) -> bool:
         """Whether the registry is on this machine; Docker allows plain HTTP only for those."""
-        return _is_loopback_host(self.registry)
+        return is_loopback_host(self.registry)
 
     def scope(self, actions: str | Iterable[str] = "pull") -> str:
         """The token scope for this repository, e.g. ``repository:library/alpine:pull``."""
@@ -226,7 +226,9 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
-def _is_loopback_host(registry: str) -> bool:
+def is_loopback_host(registry: str) -> bool:
+    """Whether ``host[:port]`` is this machine (localhost, 127.0.0.0/8, ::1): Docker allows
+    plain HTTP only for those."""
     host = registry
     if host.startswith("["):
         host = host[1:host.find("]")] if "]" in host else host

@@ -8,7 +8,6 @@ digest they were asked by, or against ``Docker-Content-Digest``, on their raw by
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 
 from .errors import (ManifestError, NetworkError, PullerError, RegistryError,
                      UsageError, DigestMismatch)
+from .reference import is_loopback_host
 from .manifest import MANIFEST_ACCEPT, MAX_MANIFEST_SIZE, Index, Manifest, digest_of, parse
 
 log = logging.getLogger("puller.registry")
@@ -27,16 +27,6 @@ __all__ = ["Registry", "RegistryOptions", "ManifestHead", "load_config"]
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
-
-
-def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:host.index("]")]
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def load_config(path: str | os.PathLike | None = None) -> dict:
@@ -129,14 +119,14 @@ class Registry:
         host = DOCKER_HUB_API if registry == DOCKER_HUB else registry
         self.is_docker_hub = registry == DOCKER_HUB
         self.primary = Transport(host, credentials=self._credentials(registry),
-                                 plain_http=_is_loopback(host) or host in options.insecure_registries,
+                                 plain_http=is_loopback_host(host) or host in options.insecure_registries,
                                  insecure_tls=options.insecure_tls or host in options.insecure_registries,
                                  retry=retry, session=session,
                                  on_event=self.on_event)
         self.mirrors = []
         for url in options.mirrors_for(registry):
             u = urlsplit(url)
-            allowed_http = _is_loopback(u.netloc) or u.netloc in options.insecure_registries
+            allowed_http = is_loopback_host(u.netloc) or u.netloc in options.insecure_registries
             if u.scheme == "http" and not allowed_http:
                 log.warning("ignoring plain-http mirror %s (add it to insecure-registries)", url)
                 continue

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from ..errors import PullerError, UsageError
-from .output import emit_json, fail, os_error, setup_logging
+from ..errors import UsageError
+from .output import emit_json, run_lean, setup_logging
 
 if TYPE_CHECKING:
     from ..image import CachedImage
@@ -90,19 +90,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 def main(command: str, argv: list[str]) -> int:
     """Run ``puller COMMAND ARGV...``; errors become one line on stderr and an exit code."""
-    try:
+    def body() -> int:
         ns = build_parser(command).parse_args(argv)
         setup_logging(ns.verbose)
         return _RUN[command](ns)
-    except PullerError as e:
-        return fail(e)
-    except BrokenPipeError:
-        return 141
-    except OSError as e:
-        return fail(os_error(e))
-    except KeyboardInterrupt:
-        sys.stderr.write("puller: interrupted\n")
-        return 130
+    return run_lean(body)
 
 
 def _output(target: str | None) -> Path | BinaryIO:

@@ -46,7 +46,7 @@ from typing import Any
 
 from ..errors import PullerError, UsageError
 from .options import offline_default, progress_for, registry_options
-from .output import emit_json, fail, human_size, setup_logging
+from .output import emit_json, fail, human_size, run_lean, setup_logging
 
 __all__ = ["COMMANDS", "bar", "build_parser", "escape", "fold", "main", "register"]
 
@@ -134,18 +134,11 @@ def main(command: str, argv: list[str]) -> int:
 
     ``diff`` exits as diff(1): 0 same, 1 different, 2 for any error (the other commands
     use the CLI's table of exit codes); 130 on ^C, 141 when the output pipe closes."""
-    trouble = _diff_trouble if command == "diff" else fail
-    try:
+    def body() -> int:
         ns = build_parser(command).parse_args(argv)
         setup_logging(ns.verbose)
         return _RUN[command](ns)
-    except PullerError as e:
-        return trouble(e)
-    except BrokenPipeError:
-        return 141
-    except KeyboardInterrupt:
-        sys.stderr.write("puller: interrupted\n")
-        return 130
+    return run_lean(body, trouble=_diff_trouble if command == "diff" else fail)
 
 
 def _diff_trouble(e: PullerError) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..errors import (AuthError, BadReference, NotCached, NotFound, PullerError, RunError,
                       UsageError)
 
-__all__ = ["EXIT_CODES", "exit_code_for", "fail", "os_error", "Progress", "setup_logging", "emit_json",
+__all__ = ["EXIT_CODES", "exit_code_for", "fail", "os_error", "run_lean", "Progress", "setup_logging", "emit_json",
            "human_size"]
 
 # One table maps error classes to exit codes; the first matching class wins.
@@ -51,6 +51,23 @@ def os_error(e: OSError) -> PullerError:
     """An OSError that escaped the core, as a one-line error (never a traceback)."""
     where = f": {e.filename}" if getattr(e, "filename", None) else ""
     return PullerError(f"{e.strerror or e}{where}")
+
+
+def run_lean(body: Callable[[], int], *, trouble: Callable[[BaseException], int] | None = None) -> int:
+    """Run the body of an argparse command: a PullerError (or a stray OSError) becomes one
+    line on stderr and its exit code; a closed pipe is 141 and Ctrl-C 130, as in a shell."""
+    trouble = trouble or fail
+    try:
+        return body()
+    except PullerError as e:
+        return trouble(e)
+    except BrokenPipeError:
+        return 141
+    except OSError as e:
+        return trouble(os_error(e))
+    except KeyboardInterrupt:
+        sys.stderr.write("puller: interrupted\n")
+        return 130
 
 
 def setup_logging(verbose: bool) -> None:

@@ -7,8 +7,8 @@ the request (typer builds every command of the group on each call)."""
 import argparse
 import sys
 
-from ..errors import PullerError, UsageError
-from .output import emit_json, fail, os_error, setup_logging
+from ..errors import UsageError
+from .output import emit_json, run_lean, setup_logging
 
 __all__ = ["main", "build_parser"]
 
@@ -44,19 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    try:
+    def body() -> int:
         ns = build_parser().parse_args(argv)
         setup_logging(ns.verbose)
         if not 1 <= ns.jobs <= 64 or ns.retries < 0 or ns.retry_delay < 0 or ns.stall_timeout <= 0:
             raise UsageError("--jobs must be 1-64; --retries, --retry-delay >= 0; --stall-timeout > 0")
         return _pull(ns)
-    except PullerError as e:
-        return fail(e)
-    except OSError as e:
-        return fail(os_error(e))
-    except KeyboardInterrupt:
-        sys.stderr.write("puller: interrupted\n")
-        return 130
+    return run_lean(body)
 
 
 def _pull(ns: argparse.Namespace) -> int:

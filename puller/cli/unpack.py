@@ -15,30 +15,6 @@ def register(app: typer.Typer) -> None:
     app.command("unpack", help="Unpack an image into DEST (pulls it first if needed).")(unpack_cmd)
 
 
-def resolve_layout(spec: str, wanted):
-    """``DIR:REF`` (or ``DIR`` with a single image) of an OCI layout on disk."""
-    from ..errors import NotCached, UsageError
-    from ..image import resolve
-    from ..store import Store
-    path, _, refname = spec.partition(":")
-    store = Store(path)
-    if not store.exists():
-        raise UsageError(f"{path} is not an OCI image layout (no index.json)")
-    refs = store.refs()
-    if refname:
-        matches = [r for r in refs if r.name == refname]
-    else:
-        matches = refs if len(refs) == 1 else []
-        if len(refs) > 1:
-            raise UsageError(f"{path} holds {len(refs)} images; name one as {path}:REF")
-    if not matches:
-        raise NotCached(f"no image {refname!r} in layout {path}")
-    img = resolve(store, matches[0], wanted)
-    if img is None:
-        raise NotCached(f"image {refname or matches[0].name!r} in {path} is incomplete for {wanted}")
-    return store, img
-
-
 def cached_image(image: str, *, cache, wanted, offline: bool):
     """``(store, image)`` from the cache; image is None when it must be pulled first."""
     from ..errors import NotCached
@@ -87,7 +63,8 @@ def unpack_cmd(args: list[str] = typer.Argument(..., metavar="[IMAGE] DEST", sho
     try:
         img = None
         if layout:
-            store, img = resolve_layout(layout, wanted)
+            from ..image import layout_image
+            store, img = layout_image(layout, wanted)
         else:
             store, img = cached_image(image, cache=cache, wanted=wanted, offline=offline_default(offline))
         if img is None:  # not cached: pull and unpack at once, layer n while n+1 downloads

@@ -30,6 +30,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import requests
 
 from ..errors import (AuthError, NetworkError, NotFound, RateLimited, RegistryError, TLSError)
+from ..reference import is_loopback_host
 from .challenge import parse_www_authenticate
 
 log = logging.getLogger("puller.transport")
@@ -121,17 +122,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _loopback(host: str) -> bool:
-    name = host[1:host.index("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-    if name == "localhost":
-        return True
-    import ipaddress
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def _origin(url: str) -> tuple[str, str, int]:
     u = urlsplit(url)
     port = u.port or (443 if u.scheme == "https" else 80)
@@ -201,7 +191,7 @@ class Transport:
         """Find the scheme and the auth challenge with ``GET /v2/``."""
         if self._scheme:
             schemes = [self._scheme]
-        elif self.plain_http and _loopback(self.host):
+        elif self.plain_http and is_loopback_host(self.host):
             schemes = ["http", "https"]  # a local registry: skip a doomed TLS handshake
         else:
             schemes = ["https", "http"] if self.plain_http else ["https"]
