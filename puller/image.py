@@ -192,4 +192,21 @@ def ensure_rootfs(store: Store, img: CachedImage, *, progress=None) -> tuple[Pat
                 unpack(img.layer_openers(store), img.diff_ids, dest, force=True,
                        record=record if os.geteuid() != 0 else None, progress=progress)
                 ready.write_text(img.local_digest + "\n")
+    _pin(ready)
     return dest, (record if record.exists() else None)
+
+
+_PINS: list[int] = []
+
+
+def _pin(ready: Path) -> None:
+    """Hold a shared lock on the rootfs' ``.ready`` marker for the life of this process:
+    ``prune`` spares a rootfs that a running container stands on."""
+    import fcntl
+    import os
+    try:
+        fd = os.open(ready, os.O_RDONLY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        return
+    _PINS.append(fd)

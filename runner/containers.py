@@ -50,7 +50,9 @@ def create_container(containers_dir: Path, name: str, cid: str, spec: object) ->
                        f"puller rm {name}", exit_code=125) from None
     (path / "upper").mkdir()
     (path / "work").mkdir()
+    # rootfs: the shared base this container's layer sits on; prune keeps it while we exist.
     meta = {"id": cid, "name": name, "image": getattr(spec, "image", ""),
+            "rootfs": str(getattr(spec, "rootfs", "")),
             "command": list(getattr(spec, "argv", ())),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "status": "running", "pid": os.getpid(), "exit_code": None}

@@ -258,3 +258,31 @@ def test_prune_removes_layer_scans_of_unreachable_layers(registry, tmp_path):
     assert _cli.run("rmi", "--cache", str(cache), ref).returncode == 0
     assert _cli.run("prune", "--cache", str(cache)).returncode == 0
     assert not any(p.exists() for p in scans)
+
+
+def test_prune_spares_the_rootfs_of_running_and_kept_containers(registry, tmp_path):
+    import subprocess
+    import time
+    from fixtures import cli as _cli
+    cache = tmp_path / "run-cache"
+    ref = f"{registry.host}/library/busybox:multi"
+    env = {"PULLER_CACHE": str(cache)}
+    # A running --rm container: its base rootfs must survive a prune that drops its ref.
+    proc = subprocess.Popen([str(_cli.BIN / "pull-and-run"), ref, "sleep", "3"], env={**__import__("os").environ, **env},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not list(cache.glob("rootfs/*.ready")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert _cli.run("rmi", ref, env=env).returncode == 0
+    assert _cli.run("prune", env=env).returncode == 0
+    assert list(cache.glob("rootfs/*/bin/busybox")), "the running container's rootfs was pruned"
+    assert proc.wait(30) == 0, proc.stderr.read()
+    # A kept container (--name) pins its rootfs until it is removed.
+    assert _cli.run("run", "--name", "keep", ref, "true", prog="puller", env=env).returncode == 0
+    assert _cli.run("rmi", ref, env=env).returncode == 0
+    assert _cli.run("prune", env=env).returncode == 0
+    assert list(cache.glob("rootfs/*/bin/busybox"))
+    assert _cli.run("rm", "keep", env=env).returncode == 0
+    assert _cli.run("prune", env=env).returncode == 0
+    assert not list(cache.glob("rootfs/*/bin/busybox"))
