@@ -1,7 +1,7 @@
 """Rootless with a 65536-id mapping (newuidmap/newgidmap and /etc/subuid, /etc/subgid).
 
-Skipped unless user 65534 (nobody) has a range in both files: this box's configuration
-decides, the tests never edit /etc.
+As root (CI), a range for user 65534 (nobody) is added to both files for the duration of this
+module when the machine has none, and the files are restored byte for byte afterwards.
 """
 from __future__ import annotations
 
@@ -31,9 +31,28 @@ pytestmark = [
     pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs busybox-static"),
     pytest.mark.skipif(not (shutil.which("newuidmap") and shutil.which("newgidmap")),
                        reason="needs newuidmap/newgidmap (apt-get install uidmap)"),
-    pytest.mark.skipif(not (_has_range("/etc/subuid") and _has_range("/etc/subgid")),
-                       reason="user 65534 has no range in /etc/subuid and /etc/subgid"),
+    pytest.mark.usefixtures("subid_range"),
 ]
+
+
+@pytest.fixture(scope="module")
+def subid_range() -> Iterator[None]:
+    """Make sure nobody has 65536 sub-ids (the setting newuidmap reads), then restore /etc."""
+    saved: dict[str, bytes | None] = {}
+    try:
+        for path in ("/etc/subuid", "/etc/subgid"):
+            if _has_range(path):
+                continue
+            saved[path] = Path(path).read_bytes() if os.path.exists(path) else None
+            with open(path, "ab") as f:
+                f.write(b"nobody:300000:65536\n")
+        yield
+    finally:
+        for path, data in saved.items():
+            if data is None:
+                os.unlink(path)
+            else:
+                Path(path).write_bytes(data)
 
 
 @pytest.fixture(scope="module")
