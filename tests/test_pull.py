@@ -377,3 +377,11 @@ def test_identity_token_from_docker_config(token_registry, token_server, cache_d
     posts = [r for r in token_server.requests if r.method == "POST"]
     assert posts and posts[0].param("grant_type") == "refresh_token"
     assert all(r.authorization is None for r in posts)  # the refresh token is the credential
+
+
+@pytest.mark.parametrize("fields", [("access_token",), ("token",)])
+def test_token_server_answer_forms(token_registry, token_server, cache_dir, fields):
+    """Docker Hub's token JSON has varied: only `token`, only `access_token`, no `expires_in`."""
+    token_server.set_fields(*fields)
+    res = _pull(f"{token_registry.host}/library/shared-b:1", cache_dir)
+    assert res.digest == token_registry.images["library/shared-b:1"].digest
