@@ -211,20 +211,8 @@ _RUN: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def register(app: Any) -> None:
-    """Pass-through typer commands: the arguments go to :func:`main` as they are."""
-    import typer
-
+    """Pass-through typer commands, so that ``puller --help`` lists them."""
+    from .common import register_passthrough
     for command in COMMANDS:
-        app.command(command, help=f"{HELP[command]} See 'puller {command} --help'.",
-                    add_help_option=False,
-                    context_settings={"allow_extra_args": True,
-                                      "ignore_unknown_options": True})(_passthrough(command, typer))
-
-
-def _passthrough(command: str, typer: Any) -> Callable[..., None]:
-    def run(ctx: Any) -> None:
-        raise typer.Exit(main(command, list(ctx.args)))
-    # real annotation objects: typer resolves string annotations in this module's globals
-    run.__annotations__ = {"ctx": typer.Context, "return": None}
-    run.__name__ = f"{command}_cmd"
-    return run
+        register_passthrough(app, command, HELP[command],
+                             lambda argv, command=command: main(command, argv))

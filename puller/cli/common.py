@@ -57,3 +57,15 @@ def handle_errors(fn: Callable) -> Callable:
         if code:
             raise typer.Exit(code)
     return wrapper
+
+
+def register_passthrough(app: typer.Typer, name: str, help: str, main: Callable[[list[str]], int]) -> None:
+    """A typer command that hands its arguments, untouched, to an argparse ``main(argv)``:
+    the commands on hot paths parse with argparse (``entry.py`` calls them before typer is
+    imported), and this makes them appear in ``puller --help`` and work through the group."""
+    def run(ctx: typer.Context) -> None:
+        raise typer.Exit(main(list(ctx.args)))
+    run.__annotations__ = {"ctx": typer.Context, "return": None}  # typer reads real objects
+    run.__name__ = f"{name}_cmd"
+    app.command(name, help=f"{help} See 'puller {name} --help'.", add_help_option=False,
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(run)

@@ -147,25 +147,11 @@ def _diff_trouble(e: PullerError) -> int:
 
 
 def register(app: Any) -> None:
-    """Pass-through typer commands (so that ``puller --help`` lists them): the arguments go
-    to :func:`main` as they are. ``entry.py`` may dispatch to :func:`main` before typer is
-    imported at all: its start-up costs as much as reading a 40 MB image."""
-    import typer
-
+    """Pass-through typer commands, so that ``puller --help`` lists them."""
+    from .common import register_passthrough
     for command in COMMANDS:
-        app.command(command, help=f"{HELP[command]} See 'puller {command} --help'.",
-                    add_help_option=False,
-                    context_settings={"allow_extra_args": True,
-                                      "ignore_unknown_options": True})(
-            _passthrough(command, typer))
-
-
-def _passthrough(command: str, typer: Any) -> Callable[..., None]:
-    def run(ctx: Any) -> None:
-        raise typer.Exit(main(command, list(ctx.args)))
-    run.__annotations__ = {"ctx": typer.Context, "return": None}
-    run.__name__ = f"{command}_cmd"
-    return run
+        register_passthrough(app, command, HELP[command],
+                             lambda argv, command=command: main(command, argv))
 
 
 # --- helpers --------------------------------------------------------------------------

@@ -82,10 +82,5 @@ def _pull(ns: argparse.Namespace) -> int:
 
 
 def register(app) -> None:
-    import typer
-
-    def pull_cmd(ctx: typer.Context) -> None:
-        raise typer.Exit(main(list(ctx.args)))
-    app.command("pull", help="Pull an image (or a platform of it) into the cache. See 'puller pull --help'.",
-                add_help_option=False,
-                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(pull_cmd)
+    from .common import register_passthrough
+    register_passthrough(app, "pull", "Pull an image (or a platform of it) into the cache.", main)

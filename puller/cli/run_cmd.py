@@ -7,21 +7,14 @@ from __future__ import annotations
 
 import typer
 
-from .common import CacheOpt
+from .common import CacheOpt, register_passthrough
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run", help="Run a command in a new container (pulls the image first if needed). "
-                            "See 'puller run --help'.", add_help_option=False,
-                context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                                  "allow_interspersed_args": False})(run_cmd)
+    from .run import main
+    register_passthrough(app, "run", "Run a command in a new container (pulls the image first if needed).", main)
     app.command("ps", help="List kept containers (started with --name).")(ps_cmd)
     app.command("rm", help="Remove kept containers.")(rm_cmd)
-
-
-def run_cmd(ctx: typer.Context) -> None:
-    from .run import main
-    raise typer.Exit(main(list(ctx.args)))
 
 
 def ps_cmd(cache: CacheOpt = None,
