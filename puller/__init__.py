@@ -11,7 +11,6 @@ Errors are the classes of :mod:`puller.errors`, all subclasses of :class:`Puller
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
 
 from .errors import *  # noqa: F403 - the error tree is part of the surface
 from .errors import __all__ as _errors
@@ -29,7 +28,7 @@ _LAZY = {
 __all__ = sorted([*_LAZY, *_errors])
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'puller' has no attribute {name!r}")

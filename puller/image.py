@@ -172,6 +172,7 @@ def prepare_rootfs(ref: str, *, cache: str | None = None, pull: str = "missing",
         if img is None:
             raise CacheError(f"{r.familiar} was pulled but is not complete in the cache")
     rootfs, sidecar = ensure_rootfs(store, img, progress=progress)
+    _pin(rootfs.with_name(rootfs.name + ".ready"))  # a running container's base survives prune
     return PreparedImage(img.name, img.manifest_digest, rootfs, img.config.get("config") or {},
                          sidecar, store.root)
 
@@ -192,7 +193,6 @@ def ensure_rootfs(store: Store, img: CachedImage, *, progress=None) -> tuple[Pat
                 unpack(img.layer_openers(store), img.diff_ids, dest, force=True,
                        record=record if os.geteuid() != 0 else None, progress=progress)
                 ready.write_text(img.local_digest + "\n")
-    _pin(ready)
     return dest, (record if record.exists() else None)
 
 
