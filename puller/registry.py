@@ -8,6 +8,7 @@ digest they were asked by, or against ``Docker-Content-Digest``, on their raw by
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -124,6 +125,8 @@ class Registry:
                                  retry=retry, session=session,
                                  on_event=self.on_event)
         self.mirrors = []
+        # A mirror that fails is left quickly for the next one (and the registry itself).
+        mirror_retry = dataclasses.replace(retry, retries=min(1, retry.retries))
         for url in options.mirrors_for(registry):
             u = urlsplit(url)
             allowed_http = is_loopback_host(u.netloc) or u.netloc in options.insecure_registries
@@ -133,7 +136,7 @@ class Registry:
             self.mirrors.append(Transport(u.netloc, credentials=self._credentials(u.netloc, mirror=True),
                                           scheme=u.scheme,
                                           insecure_tls=options.insecure_tls or u.netloc in options.insecure_registries,
-                                          plain_http=allowed_http, retry=retry, session=session,
+                                          plain_http=allowed_http, retry=mirror_retry, session=session,
                                           on_event=self.on_event))
         self._dead: set[int] = set()
 

@@ -472,3 +472,19 @@ def test_tls_is_verified_unless_the_registry_is_named_insecure(tmp_path):
         p = cli.run("pull", "--cache", str(tmp_path / "c"), "--insecure-registry", srv.host, "--json", ref)
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["digest"] == IMG.digest
+
+
+def test_the_ping_is_retried_too(tmp_path):
+    with ScriptedServer() as srv:
+        serve_image(srv)
+        left = {"n": 2}
+        plain = srv.routes[("GET", "/v2/")]
+
+        def flaky_ping(h, s):
+            if h.path == "/v2/" and left["n"] > 0:
+                left["n"] -= 1
+                return reply(h, 503, b"")
+            plain(h, s)
+        srv.routes[("GET", "/v2/")] = flaky_ping
+        assert do_pull(srv, tmp_path / "c").digest == IMG.digest
+        assert [x.path for x in srv.seen].count("/v2/") == 3

@@ -188,6 +188,25 @@ class Transport:
             self._pinged = True
 
     def _ping(self) -> None:
+        """The ping, retried like any request: connection errors, timeouts, 5xx, 408, 429
+        (a TLS failure is final)."""
+        deadline = time.monotonic() + self.retry.max_total
+        for attempt in range(self.retry.retries + 1):
+            try:
+                return self._ping_once()
+            except TLSError:
+                raise
+            except (NetworkError, RegistryError) as e:
+                if isinstance(e, RegistryError) and not e.retryable:
+                    raise
+                delay = self.retry.backoff(attempt)
+                if attempt >= self.retry.retries or time.monotonic() + delay > deadline:
+                    raise
+                self.on_event({"event": "retry", "host": self.host, "attempt": attempt + 1,
+                               "reason": str(e), "delay": round(delay, 2)})
+                time.sleep(delay)
+
+    def _ping_once(self) -> None:
         """Find the scheme and the auth challenge with ``GET /v2/``."""
         if self._scheme:
             schemes = [self._scheme]
