@@ -199,10 +199,22 @@ class Progress:
             self._line(f"{e['ref']}: pulled ({human_size(e.get('bytes'))} downloaded)")
 
     def _on_layer_start(self, e: dict) -> None:
+        n = e["layer"] + 1 if isinstance(e.get("layer"), int) else e.get("index", "?")
         if self.mode == "plain":
-            n = e["layer"] + 1 if isinstance(e.get("layer"), int) else e.get("index", "?")
             of = f" of {e['layers']}" if e.get("layers") else ""
             self._line(f"applying layer {n}{of}")
+        elif self.mode == "tty" and isinstance(e.get("layers"), int):
+            bar = self._bars.get("unpack")
+            if bar is None:
+                bar = self._bars["unpack"] = self._tqdm()(
+                    total=e["layers"], unit="layer", desc="unpack", file=self.stream, leave=False,
+                    dynamic_ncols=True)
+            bar.set_postfix_str(f"applying layer {n}", refresh=True)
+
+    def _on_layer_done(self, e: dict) -> None:
+        bar = self._bars.get("unpack")
+        if bar is not None:
+            bar.update(1)
 
     def close(self) -> None:
         with self._lock:
