@@ -350,10 +350,15 @@ def test_progress_renders_every_kind_of_event():
         p({"event": "blob-progress", "digest": "sha256:" + "a" * 64, "n": 10})
         p({"event": "blob-done", "digest": "sha256:" + "a" * 64, "size": 10})
         p(UnpackEvent("layer-start", 0, 2))
+        p(UnpackEvent("layer-done", 0, 2))
         p(UnpackEvent("done", 1, 2))
         p.close()
         if mode == "plain":
             assert "applying layer 1 of 2" in out.getvalue()
+        else:  # tqdm bars: the total download, one per blob, one over the layers
+            text = out.getvalue()
+            assert "total:" in text and "aaaaaaaaaaaa:" in text and "unpack:" in text
+            assert "1/2" in text
 
 
 @pytest.mark.parametrize("args,needle", [
