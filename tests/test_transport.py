@@ -108,7 +108,11 @@ def test_429_storm_then_success(tmp_path, form):
         assert [x.method for x in srv.seen if "/manifests/" in x.path].count("HEAD") == 4
 
 
-def test_rate_limit_reached_says_so_and_is_bounded(tmp_path):
+def test_rate_limit_reached_says_so_and_is_bounded(tmp_path, monkeypatch):
+    import puller.transport.transport as tr
+    slept: list[float] = []
+    real_sleep = tr.time.sleep
+    monkeypatch.setattr(tr.time, "sleep", lambda s: (slept.append(s), real_sleep(min(s, 0.01))))
     with ScriptedServer() as srv:
         serve_image(srv)
 
@@ -116,10 +120,9 @@ def test_rate_limit_reached_says_so_and_is_bounded(tmp_path):
             reply(h, 429, b'{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit."}]}',
                   {"Retry-After": "3600", "ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600"})
         srv.routes[("HEAD", "/v2/library/app/manifests/")] = limited
-        t0 = time.monotonic()
         with pytest.raises(RateLimited) as e:
             do_pull(srv, tmp_path / "c")
-        assert time.monotonic() - t0 < 5  # a far reset is reported, not slept on
+        assert all(s < 60 for s in slept)  # a reset an hour away is reported, not slept on
         assert "pull rate limit was reached" in str(e.value) and "1 h" in str(e.value)
 
 
@@ -431,11 +434,10 @@ def test_registry_that_never_answers_fails_in_bounded_time(tmp_path):
         serve_image(srv)
         stop = threading.Event()
         srv.routes[("HEAD", "/v2/library/app/manifests/")] = lambda h, s: stop.wait(30)
-        t0 = time.monotonic()
+        # cli.run's timeout is the bound: a hang fails the test with TimeoutExpired.
         p = cli.run("pull", "--cache", str(tmp_path / "c"), "--retries", "1", "--retry-delay", "0.01",
-                    "--stall-timeout", "0.5", f"{srv.host}/library/app:1")
+                    "--stall-timeout", "0.5", f"{srv.host}/library/app:1", timeout=60)
         stop.set()
-        assert time.monotonic() - t0 < 20
         assert p.returncode == 1 and "stopped answering" in p.stderr
 
 
