@@ -13,6 +13,7 @@ Usage: .venv/bin/python bench/bench_pull.py [--runs N]
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import statistics
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fixtures.distro import distro_tar
-from fixtures.images import build_image
+from fixtures.images import F, build_image, tar_layer
 from fixtures.netfaults import ThrottleProxy
 from fixtures.push import Pusher
 from fixtures.registry import RegistryProcess
@@ -60,7 +61,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-pull-"))
     reg = RegistryProcess.start(work / "registry")
     try:
-        img = build_image([distro_tar(work), python_layer(work)])
+        # ~40 MB compressed: two real layers plus one of incompressible data (like media or
+        # already-compressed artefacts)
+        noise = tar_layer(F("srv/assets.bin", random.Random(5).randbytes(17 * 1024 * 1024)))
+        img = build_image([distro_tar(work), python_layer(work), noise])
         size = sum(len(b) for b in img.blobs.values()) + len(img.manifest)
         Pusher(reg.url).push("library/bench", "1", img)
         ref = f"{reg.host}/library/bench:1"
