@@ -14,7 +14,7 @@ import responses
 
 from fixtures import cli
 from fixtures.images import F, build_image, tar_layer
-from fixtures.netfaults import ScriptedServer, reply
+from fixtures.netfaults import ScriptedServer, endless_body, reply
 from puller.errors import (DigestMismatch, ManifestError, NetworkError, NotFound, RateLimited,
                            RegistryError)
 from puller.platform import Platform
@@ -375,16 +375,7 @@ def test_short_content_length_fails_the_digest_once_more_then_reports(tmp_path):
 
 def test_endless_blob_body_is_cut_off(tmp_path):
     with ScriptedServer() as srv:
-        def endless(h, data):
-            h.send_response(200)
-            h.end_headers()  # no Content-Length: until the connection closes
-            h.close_connection = True
-            try:
-                for _ in range(10_000):
-                    h.wfile.write(b"A" * 65536)
-            except OSError:
-                pass
-        serve_image(srv, blob_handler=endless)
+        serve_image(srv, blob_handler=lambda h, data: endless_body(h, b"A" * 65536, 10_000))
         with pytest.raises(DigestMismatch, match="larger than its descriptor"):
             do_pull(srv, tmp_path / "c")
         assert_cache_valid(tmp_path / "c")
@@ -394,18 +385,9 @@ def test_endless_manifest_is_cut_off(tmp_path):
     with ScriptedServer() as srv:
         serve_image(srv)
 
-        def endless(h, s):
-            h.send_response(200)
-            h.send_header("Content-Type", IMG.media_type)
-            h.end_headers()
-            h.close_connection = True
-            try:
-                for _ in range(200):
-                    h.wfile.write(b" " * 65536)
-            except OSError:
-                pass
         srv.routes[("HEAD", "/v2/library/app/manifests/")] = lambda h, s: reply(h, 200, b"", {"Content-Length": "10"})
-        srv.routes[("GET", "/v2/library/app/manifests/")] = endless
+        srv.routes[("GET", "/v2/library/app/manifests/")] = lambda h, s: endless_body(
+            h, b" " * 65536, 200, {"Content-Type": IMG.media_type})
         with pytest.raises(ManifestError, match="larger than 4 MiB"):
             do_pull(srv, tmp_path / "c")
 
