@@ -48,10 +48,7 @@ class CachedImage:
 def lookup_ref(store: Store, ref) -> RefEntry | None:
     """The index.json entry for a parsed reference (by name, or by the digest it names)."""
     if ref.digest:
-        entry = store.get_ref(f"{ref.name}@{ref.digest}") or store.find_by_registry_digest(ref.digest)
-        if entry is not None:
-            return entry
-        return None
+        return store.get_ref(f"{ref.name}@{ref.digest}") or store.find_by_registry_digest(ref.digest)
     return store.get_ref(str(ref))
 
 

@@ -213,24 +213,18 @@ class Registry:
         return self._try(go)
 
     # --- blobs ---------------------------------------------------------------------
-    def open_blob(self, repo: str, digest: str, *, offset: int = 0, transport=None):
+    def open_blob(self, repo: str, digest: str, *, offset: int = 0):
         """A streaming response for a blob (200, or 206 from ``offset``); the caller closes
-        it. Asks the registry URL anew each time, so a signed redirect is always fresh."""
-        def go(t):
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
+        it. Asks the registry URL anew each time, so a signed redirect is always fresh. A
+        416 for the kept range means the server cannot resume: the whole blob then."""
+        def go(t, start: int = offset):
+            headers = {"Range": f"bytes={start}-"} if start else {}
             resp = t.request("GET", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull",
                              headers=headers, stream=True)
+            if resp.status_code == 416 and start:
+                resp.close()
+                return go(t, 0)
             if resp.status_code not in (200, 206):
-                if resp.status_code == 416 and offset:
-                    resp.close()
-                    return go_full(t)
-                t.raise_for(resp, f"blob {digest} of {self.registry}/{repo}", docker_hub=self.is_docker_hub)
-            return resp
-
-        def go_full(t):
-            resp = t.request("GET", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull",
-                             stream=True)
-            if resp.status_code != 200:
                 t.raise_for(resp, f"blob {digest} of {self.registry}/{repo}", docker_hub=self.is_docker_hub)
             return resp
         return self._try(go)

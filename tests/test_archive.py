@@ -214,15 +214,9 @@ def test_a_config_that_does_not_match_its_layers_is_refused(registry, source, tm
     entry["Config"] = "config.json"
     files["config.json"] = raw
     files["manifest.json"] = json.dumps([entry]).encode()
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     target = Store(tmp_path / "target")
     with pytest.raises(ArchiveError, match="diff_id"):
-        load(io.BytesIO(out.getvalue()), target)
+        load(io.BytesIO(write_tar(files)), target)
     assert cache_state(target.root).keys() <= {"oci-layout", "index.json"}
 
 

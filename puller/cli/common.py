@@ -27,9 +27,6 @@ MirrorOpt = Annotated[Optional[list[str]], typer.Option("--registry-mirror", hel
 InsecureOpt = Annotated[Optional[list[str]], typer.Option("--insecure-registry", help="HOST[:PORT] that may be reached over plain HTTP (repeatable).", show_default=False)]
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, max=64, help="Parallel blob downloads.")]
 ProgressOpt = Annotated[str, typer.Option("--progress", help="auto (bars on a terminal), plain (periodic lines, for CI logs), tty or quiet.")]
-RetriesOpt = Annotated[int, typer.Option("--retries", min=0, max=100, help="Extra attempts after a network failure, 5xx or 429.")]
-RetryDelayOpt = Annotated[float, typer.Option("--retry-delay", min=0.0, help="First backoff delay in seconds (doubles each retry, with jitter).")]
-StallOpt = Annotated[float, typer.Option("--stall-timeout", min=0.1, help="Seconds without a byte before a transfer counts as stalled and is retried.")]
 
 
 def open_store(cache: Path | None):

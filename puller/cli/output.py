@@ -13,8 +13,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..errors import (AuthError, BadReference, NotCached, NotFound, PullerError, RunError,
-                      UsageError)
+from ..errors import BadReference, PullerError, RunError, UsageError
 
 __all__ = ["EXIT_CODES", "exit_code_for", "fail", "os_error", "run_lean", "Progress", "setup_logging", "emit_json",
            "human_size"]
@@ -23,9 +22,6 @@ __all__ = ["EXIT_CODES", "exit_code_for", "fail", "os_error", "run_lean", "Progr
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (BadReference, 2),
     (UsageError, 2),
-    (NotFound, 1),
-    (AuthError, 1),
-    (NotCached, 1),
     (PullerError, 1),
 )
 
