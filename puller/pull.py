@@ -76,9 +76,10 @@ def pull(ref, *, store: Store | None = None, platform: Platform | None = None,
             if cached is None:
                 raise NotCached(f"{ref.familiar} is not in the cache (offline mode)")
             return _result(ref, cached, cached=True, offline=True, note="used the cache (offline)")
-        reg = Registry(ref.registry, options or RegistryOptions.build(), on_event=emit, session=session)
         try:
-            return _pull_online(ref, reg, store, wanted, jobs, emit, cached)
+            with Registry(ref.registry, options or RegistryOptions.build(), on_event=emit,
+                          session=session) as reg:
+                return _pull_online(ref, reg, store, wanted, jobs, emit, cached)
         except NetworkError as e:
             if cached is None:
                 raise
@@ -211,7 +212,6 @@ def _fetch_image(reg, store: Store, repo: str, m: Manifest, emit, jobs: int, cou
 def fetch_blob(reg, store: Store, repo: str, d: Descriptor, emit, counter: ByteCounter) -> None:
     """One blob into the cache: under its lock, resumable, verified; a digest failure is
     fetched once more from scratch before it is reported."""
-    import requests
     with store.lock_blob(d.digest):
         if store.has_blob(d.digest, d.size):
             return  # another process fetched it while we waited
@@ -221,7 +221,7 @@ def fetch_blob(reg, store: Store, repo: str, d: Descriptor, emit, counter: ByteC
             try:
                 if w.offset:
                     emit({"event": "blob-resume", "digest": d.digest, "offset": w.offset})
-                _download(reg, repo, d, w, emit, counter, requests)
+                _download(reg, repo, d, w, emit, counter)
                 w.commit()
                 emit({"event": "blob-done", "digest": d.digest, "size": d.size})
                 return
@@ -235,7 +235,7 @@ def fetch_blob(reg, store: Store, repo: str, d: Descriptor, emit, counter: ByteC
                 raise
 
 
-def _download(reg, repo: str, d: Descriptor, w, emit, counter: ByteCounter, requests) -> None:
+def _download(reg, repo: str, d: Descriptor, w, emit, counter: ByteCounter) -> None:
     """Stream ``d`` into writer ``w``, continuing from ``w.offset`` after each break."""
     breaks = 0
     retries = (reg.options.retry.retries if reg.options.retry else 4) + 2
@@ -257,7 +257,7 @@ def _download(reg, repo: str, d: Descriptor, w, emit, counter: ByteCounter, requ
                 return
             raise NetworkError(f"blob {d.digest}: the server closed the body early "
                                f"({w.offset} of {d.size} bytes)")
-        except (requests.exceptions.RequestException, NetworkError) as e:
+        except NetworkError as e:
             breaks += 1
             if breaks > retries:
                 raise NetworkError(f"blob {d.digest}: transfer kept breaking ({e})") from None

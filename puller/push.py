@@ -64,8 +64,8 @@ class PushResult:
 
 
 class _Body:
-    """A blob file as a request body: a known length (so requests sends Content-Length,
-    not chunked transfer encoding) and bytes read as they are sent."""
+    """A blob file as a request body: a known length (sent as Content-Length, not chunked
+    transfer encoding) and bytes read as they are sent."""
 
     def __init__(self, f, size: int) -> None:
         self._f, self._size = f, size

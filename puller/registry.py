@@ -111,12 +111,14 @@ class Registry:
 
     def __init__(self, registry: str, options: RegistryOptions = RegistryOptions(), *,
                  on_event: Callable[[dict], None] | None = None, session=None) -> None:
+        from .transport.http import Client
         from .transport.transport import RetryPolicy, Transport
         self.registry = registry
         self.options = options
         self.on_event = on_event or (lambda e: None)
         retry = options.retry or RetryPolicy()
-        self._session = session
+        self._owned = None if session is not None else Client()
+        session = session or self._owned  # one pool: the registry, its mirrors, their CDNs
         host = DOCKER_HUB_API if registry == DOCKER_HUB else registry
         self.is_docker_hub = registry == DOCKER_HUB
         self.primary = Transport(host, credentials=self._credentials(registry),
@@ -139,6 +141,17 @@ class Registry:
                                           plain_http=allowed_http, retry=mirror_retry, session=session,
                                           on_event=self.on_event))
         self._dead: set[int] = set()
+
+    def close(self) -> None:
+        """Close the idle connections this registry opened (not those of a client passed in)."""
+        if self._owned is not None:
+            self._owned.close()
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _credentials(self, host: str, *, mirror: bool = False):
         from .transport.credentials import Credentials, lookup
@@ -194,7 +207,7 @@ class Registry:
         """GET a manifest or index by tag or digest; verified on its raw bytes."""
         def go(t):
             resp = t.request("GET", f"/v2/{repo}/manifests/{ident}", scope=f"repository:{repo}:pull",
-                             headers={"Accept": MANIFEST_ACCEPT}, stream=True)
+                             headers={"Accept": MANIFEST_ACCEPT})
             what = f"{self.registry}/{repo}{'@' if ':' in ident else ':'}{ident}"
             try:
                 if resp.status_code != 200:
@@ -220,7 +233,7 @@ class Registry:
         def go(t, start: int = offset):
             headers = {"Range": f"bytes={start}-"} if start else {}
             resp = t.request("GET", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull",
-                             headers=headers, stream=True)
+                             headers=headers)
             if resp.status_code == 416 and start:
                 resp.close()
                 return go(t, 0)
@@ -271,14 +284,10 @@ def _next_link(header: str | None) -> str | None:
 
 def _read_capped(resp, cap: int, what: str) -> bytes:
     """Read a body of at most ``cap`` bytes: a lying or endless server is cut off."""
-    import requests
-    chunks, n = [], 0
     try:
-        for chunk in resp.iter_content(64 * 1024):
-            n += len(chunk)
-            if n > cap:
-                raise ManifestError(f"{what}: manifest is larger than {cap // (1024 * 1024)} MiB")
-            chunks.append(chunk)
-    except requests.exceptions.RequestException as e:
-        raise NetworkError(f"{what}: connection broke while reading the manifest ({type(e).__name__})") from None
-    return b"".join(chunks)
+        raw = resp.read(cap + 1)
+    except NetworkError as e:
+        raise NetworkError(f"{what}: connection broke while reading the manifest ({e})") from None
+    if len(raw) > cap:
+        raise ManifestError(f"{what}: manifest is larger than {cap // (1024 * 1024)} MiB")
+    return raw

@@ -7,8 +7,9 @@ import socket
 import subprocess
 from pathlib import Path
 
+from urllib.parse import urlsplit
+
 import pytest
-import requests
 
 from fixtures import cli
 from fixtures.images import F, build_image, tar_layer
@@ -19,12 +20,13 @@ from puller.pull import pull
 from puller.reference import parse as parse_ref
 from puller.registry import RegistryOptions
 from puller.store import Store
+from puller.transport.http import Client
 
 AMD64 = Platform("linux", "amd64")
 
 
-class Counting(requests.Session):
-    """A session that records (method, path, status) of every request it sends."""
+class Counting(Client):
+    """A client that records (method, path, status) of every request it sends."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,7 +34,7 @@ class Counting(requests.Session):
 
     def request(self, method, url, *a, **kw):
         resp = super().request(method, url, *a, **kw)
-        self.log.append((method, requests.utils.urlparse(url).path, resp.status_code))
+        self.log.append((method, urlsplit(url).path, resp.status_code))
         return resp
 
     def manifests(self, method: str | None = None) -> list:

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-import responses
 
 from fixtures import cli
 from fixtures.images import F, build_image, tar_layer
@@ -22,6 +21,7 @@ from puller.pull import pull
 from puller.reference import parse as parse_ref
 from puller.registry import RegistryOptions
 from puller.store import Store
+from puller.transport.http import Client
 from puller.transport.transport import RateLimit, RetryPolicy, Transport, parse_retry_after
 
 FAST = RetryPolicy(retries=3, delay=0.01, max_delay=0.05, max_total=5, stall=1.0, connect_timeout=2)
@@ -128,11 +128,9 @@ def test_rate_limit_reached_says_so_and_is_bounded(tmp_path, monkeypatch):
 
 def test_docker_hub_rate_limit_message_mentions_login():
     t = Transport("registry-1.docker.io")
-    with responses.RequestsMock() as rs:
-        rs.add(responses.GET, "https://registry-1.docker.io/v2/x", status=429,
-               json={"errors": [{"code": "TOOMANYREQUESTS"}]})
-        import requests
-        resp = requests.get("https://registry-1.docker.io/v2/x")
+    with ScriptedServer() as srv:
+        srv.routes[("GET", "/v2/x")] = lambda h, s: reply(h, 429, b'{"errors":[{"code":"TOOMANYREQUESTS"}]}')
+        resp = Client().request("GET", f"{srv.url}/v2/x")
         with pytest.raises(RateLimited, match="Logging in"):
             t.raise_for(resp, "docker.io/library/alpine:3.10", docker_hub=True)
 
@@ -228,20 +226,19 @@ def test_401_mid_pull_refetches_the_token_once(tmp_path):
 
 
 def test_token_scopes_are_per_repository_and_host():
-    t = Transport("a.example", retry=FAST)
-    with responses.RequestsMock() as rs:
-        rs.add(responses.GET, "https://a.example/v2/", status=401,
-               headers={"WWW-Authenticate": 'Bearer realm="https://auth.example/token",service="reg"'})
-        rs.add(responses.GET, "https://auth.example/token", json={"token": "T1"})
-        rs.add(responses.GET, "https://a.example/v2/one/manifests/1", status=200, body=b"{}")
-        rs.add(responses.GET, "https://auth.example/token", json={"token": "T2"})
-        rs.add(responses.GET, "https://a.example/v2/two/manifests/1", status=200, body=b"{}")
-        t.request("GET", "/v2/one/manifests/1", scope="repository:one:pull")
-        t.request("GET", "/v2/two/manifests/1", scope="repository:two:pull")
-        token_calls = [c.request.url for c in rs.calls if "auth.example" in c.request.url]
+    with ScriptedServer() as srv:
+        srv.routes[("GET", "/v2/")] = lambda h, s: reply(h, 401, b"", {
+            "WWW-Authenticate": f'Bearer realm="{srv.url}/token",service="reg"'} if h.path == "/v2/" else {})
+        tokens = iter(["T1", "T2"])
+        srv.routes[("GET", "/token")] = lambda h, s: reply(h, 200, json.dumps({"token": next(tokens)}).encode())
+        srv.routes[("GET", "/v2/one/")] = srv.routes[("GET", "/v2/two/")] = lambda h, s: reply(h, 200, b"{}")
+        t = Transport(srv.host, plain_http=True, retry=FAST)
+        t.request("GET", "/v2/one/manifests/1", scope="repository:one:pull").close()
+        t.request("GET", "/v2/two/manifests/1", scope="repository:two:pull").close()
+        token_calls = [x.path for x in srv.seen if x.path.startswith("/token")]
         assert "scope=repository%3Aone%3Apull" in token_calls[0]
         assert "scope=repository%3Atwo%3Apull" in token_calls[1]
-        reg_calls = [c.request for c in rs.calls if "/manifests/" in c.request.url]
+        reg_calls = [x for x in srv.seen if "/manifests/" in x.path]
         assert reg_calls[0].headers["Authorization"] == "Bearer T1"
         assert reg_calls[1].headers["Authorization"] == "Bearer T2"
 
@@ -278,14 +275,13 @@ def test_same_origin_redirect_keeps_authorization(tmp_path):
 
 
 def test_https_to_http_redirect_is_refused():
-    t = Transport("reg.example", retry=FAST)
-    with responses.RequestsMock() as rs:
-        rs.add(responses.GET, "https://reg.example/v2/", status=200)
-        rs.add(responses.GET, "https://reg.example/v2/r/blobs/sha256:x", status=307,
-               headers={"Location": "http://cdn.example/blob"})
+    with ScriptedServer(tls=True) as srv, ScriptedServer() as cdn:
+        srv.routes[("GET", "/v2/")] = lambda h, s: reply(h, 200, b"{}")
+        srv.routes[("GET", "/v2/r/blobs/")] = lambda h, s: reply(h, 307, b"", {"Location": f"{cdn.url}/blob"})
+        t = Transport(srv.host, insecure_tls=True, retry=FAST)
         with pytest.raises(NetworkError, match="refusing redirect from https to http"):
             t.request("GET", "/v2/r/blobs/sha256:x")
-        assert not any("cdn.example" in c.request.url for c in rs.calls)
+        assert cdn.seen == []
 
 
 def test_redirect_loop_is_an_error(tmp_path):
@@ -296,14 +292,28 @@ def test_redirect_loop_is_an_error(tmp_path):
         assert_cache_valid(tmp_path / "c")
 
 
+class Refused(Client):
+    """A client that records the URLs asked for and connects nowhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def request(self, method, url, **kw):
+        self.urls.append(url)
+        raise NetworkError(f"cannot connect to {url}: Connection refused")
+
+
 def test_plain_http_only_where_allowed():
     assert Transport("reg.example").plain_http is False
-    with responses.RequestsMock() as rs:
-        import requests
-        rs.add(responses.GET, "https://reg.example/v2/", body=requests.exceptions.ConnectionError("refused"))
-        with pytest.raises(NetworkError):
-            Transport("reg.example", retry=RetryPolicy(retries=0)).request("GET", "/v2/x")
-        assert all(c.request.url.startswith("https://") for c in rs.calls)
+    client = Refused()
+    with pytest.raises(NetworkError):
+        Transport("reg.example", retry=RetryPolicy(retries=0), session=client).request("GET", "/v2/x")
+    assert client.urls and all(u.startswith("https://") for u in client.urls)
+    client = Refused()
+    with pytest.raises(NetworkError):
+        Transport("127.0.0.1:5999", plain_http=True, retry=RetryPolicy(retries=0), session=client).request("GET", "/v2/x")
+    assert client.urls[0].startswith("http://")  # a loopback registry: plain http first
 
 
 # --- broken bodies --------------------------------------------------------------------

@@ -41,7 +41,7 @@ def _from_registry(ref, wanted, opts):
         m = reg.get_manifest(ref.repository, child.digest)
     resp = reg.open_blob(ref.repository, m.config.digest)
     try:
-        cfg = resp.raw.read(16 * 1024 * 1024, decode_content=True)
+        cfg = resp.read(16 * 1024 * 1024)
     finally:
         resp.close()
     if digest_of(cfg) != m.config.digest:

@@ -18,22 +18,18 @@ with exponential backoff and jitter, bounded in count and total time.
 from __future__ import annotations
 
 import base64
-import email.utils
-import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
-
-import requests
 
 from ..errors import (AuthError, NetworkError, NotFound, RateLimited, RegistryError, TLSError)
 from ..reference import is_loopback_host
 from .challenge import parse_www_authenticate
-
-log = logging.getLogger("puller.transport")
+from .http import Client, Response
 
 __all__ = ["Transport", "RetryPolicy", "RateLimit", "USER_AGENT"]
 
@@ -113,6 +109,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # only for the HTTP-date form
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -128,14 +125,12 @@ def _origin(url: str) -> tuple[str, str, int]:
     return u.scheme, (u.hostname or "").lower(), port
 
 
-def error_codes(resp: requests.Response) -> tuple[tuple[str, ...], str]:
+def error_codes(resp: Response) -> tuple[tuple[str, ...], str]:
     """The registry's error codes and first message, from a capped read of the body."""
     try:
-        body = resp.raw.read(_MAX_ERROR_BODY, decode_content=True) if resp.raw is not None else b""
-    except Exception:  # noqa: BLE001 - a broken error body must not hide the status
+        body = resp.read(_MAX_ERROR_BODY)
+    except NetworkError:  # a broken error body must not hide the status
         body = b""
-    if not body and resp._content not in (False, None):  # already read (non-stream)
-        body = resp._content[:_MAX_ERROR_BODY]
     try:
         import json
         doc = json.loads(body)
@@ -158,13 +153,13 @@ class Transport:
 
     def __init__(self, host: str, *, credentials: Any = None, plain_http: bool = False,
                  insecure_tls: bool = False, retry: RetryPolicy = RetryPolicy(),
-                 session: requests.Session | None = None, scheme: str | None = None,
+                 session: Client | None = None, scheme: str | None = None,
                  on_event: Callable[[dict], None] | None = None) -> None:
         self.host = host
         self.credentials = credentials
         self.plain_http = plain_http
         self.retry = retry
-        self.session = session or _new_session()
+        self.session = session or Client()
         self.verify = not insecure_tls
         self._scheme = scheme
         self._challenge: tuple[str, dict[str, str]] | None = None
@@ -217,8 +212,7 @@ class Transport:
         last: Exception | None = None
         for i, scheme in enumerate(schemes):
             try:
-                resp = self._send("GET", f"{scheme}://{self.host}/v2/", {}, stream=False,
-                                  timeout=(self.retry.connect_timeout, self.retry.stall))
+                resp = self._send("GET", f"{scheme}://{self.host}/v2/", {})
             except (TLSError, NetworkError) as e:
                 last = e
                 continue
@@ -238,7 +232,7 @@ class Transport:
         raise last
 
     @staticmethod
-    def _pick_challenge(resp: requests.Response) -> tuple[str, dict[str, str]] | None:
+    def _pick_challenge(resp: Response) -> tuple[str, dict[str, str]] | None:
         chals = parse_www_authenticate(resp.headers.get("WWW-Authenticate", ""))
         for scheme in ("bearer", "basic"):
             for c in chals:
@@ -320,31 +314,19 @@ class Transport:
     def _token_request(self, method: str, url: str, headers: dict, data: dict | None = None):
         if urlsplit(url).scheme == "http" and not self.plain_http:
             raise AuthError(f"refusing to send credentials to plain-http token realm {url}")
-        return self._with_retries(lambda: self._send(method, url, headers, data=data, stream=False,
-                                                     timeout=(self.retry.connect_timeout, self.retry.stall)))
+        body = None
+        if data is not None:
+            body = urlencode(data).encode()
+            headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+        return self._with_retries(lambda: self._send(method, url, headers, data=body))
 
-    # --- requests ------------------------------------------------------------------
-    def _send(self, method: str, url: str, headers: Mapping[str, str], *, stream: bool,
-              timeout, data: Any = None, allow_redirects: bool = False) -> requests.Response:
-        try:
-            return self.session.request(method, url, headers=dict(headers), stream=stream,
-                                        timeout=timeout, data=data, verify=self.verify,
-                                        allow_redirects=allow_redirects)
-        except requests.exceptions.SSLError as e:
-            raise TLSError(f"TLS verification failed for {urlsplit(url).netloc}: {_reason(e)}") from None
-        except requests.exceptions.ConnectTimeout:
-            raise NetworkError(f"timed out connecting to {urlsplit(url).netloc}") from None
-        except requests.exceptions.ReadTimeout:
-            raise NetworkError(f"{urlsplit(url).netloc} stopped answering (no data for "
-                               f"{self.retry.stall:g} s)") from None
-        except requests.exceptions.ConnectionError as e:
-            raise NetworkError(f"cannot connect to {urlsplit(url).netloc}: {_reason(e)}") from None
-        except requests.exceptions.InvalidURL as e:
-            raise NetworkError(f"invalid URL {url}: {e}") from None
-        except requests.exceptions.RequestException as e:
-            raise NetworkError(f"request to {urlsplit(url).netloc} failed: {_reason(e)}") from None
+    # --- sending -------------------------------------------------------------------
+    def _send(self, method: str, url: str, headers: Mapping[str, str], *,
+              data: Any = None) -> Response:
+        return self.session.request(method, url, headers=headers, body=data, verify=self.verify,
+                                    timeout=(self.retry.connect_timeout, self.retry.stall))
 
-    def _with_retries(self, attempt_fn: Callable[[], requests.Response]) -> requests.Response:
+    def _with_retries(self, attempt_fn: Callable[[], Response]) -> Response:
         deadline = time.monotonic() + self.retry.max_total
         attempt = 0
         while True:
@@ -369,21 +351,21 @@ class Transport:
                     raise NetworkError(f"{self.host}: gave up after {attempt + 1} attempts ({reason})")
             self.on_event({"event": "retry", "host": self.host, "attempt": attempt + 1,
                            "reason": reason, "delay": round(delay, 2)})
-            log.info("retrying %s in %.1fs (%s)", self.host, delay, reason)
             time.sleep(delay)
             attempt += 1
 
     def request(self, method: str, path: str, *, scope: str | None = None,
-                headers: Mapping[str, str] | None = None, stream: bool = False,
-                data: Any = None, retry: bool = True) -> requests.Response:
+                headers: Mapping[str, str] | None = None, data: Any = None,
+                retry: bool = True) -> Response:
         """One request to ``path`` (``/v2/...`` or an absolute URL of this host), with auth,
-        retries and redirects handled. The caller closes streamed responses."""
+        retries and redirects handled. The body is read on demand: the caller reads it to
+        its end or closes the response."""
         url = path if "://" in path else self.base + path
         hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
 
-        def once(force_new: bool = False) -> requests.Response:
+        def once(force_new: bool = False) -> Response:
             auth = self._auth_header(scope, force_new=force_new)
-            return self._follow(method, url, hdrs, auth, stream=stream, data=data)
+            return self._follow(method, url, hdrs, auth, data=data)
 
         run = (lambda fn: self._with_retries(fn)) if retry else (lambda fn: fn())
         resp = run(once)
@@ -403,16 +385,15 @@ class Transport:
         return resp
 
     def _follow(self, method: str, url: str, headers: dict, auth: str | None, *,
-                stream: bool, data: Any) -> requests.Response:
+                data: Any) -> Response:
         """Send, following redirects by hand: Authorization only to the original origin."""
         origin = _origin(url)
-        timeout = (self.retry.connect_timeout, self.retry.stall)
         seen = 0
         while True:
             h = dict(headers)
             if auth and _origin(url) == origin:
                 h["Authorization"] = auth
-            resp = self._send(method, url, h, stream=stream, timeout=timeout, data=data)
+            resp = self._send(method, url, h, data=data)
             if resp.status_code not in (301, 302, 303, 307, 308) or "Location" not in resp.headers:
                 return resp
             seen += 1
@@ -431,10 +412,10 @@ class Transport:
             url = nxt
 
     # --- errors --------------------------------------------------------------------
-    def raise_for(self, resp: requests.Response, what: str, *, docker_hub: bool = False) -> None:
+    def raise_for(self, resp: Response, what: str, *, docker_hub: bool = False) -> None:
         """Turn an error response into our exception, with the registry's own words."""
         status = resp.status_code
-        codes, msg = error_codes(resp) if resp.request.method != "HEAD" else ((), "")
+        codes, msg = error_codes(resp) if resp.method != "HEAD" else ((), "")
         resp.close()
         detail = f": {msg}" if msg else ""
         if status == 404 or "MANIFEST_UNKNOWN" in codes or "NAME_UNKNOWN" in codes or "BLOB_UNKNOWN" in codes:
@@ -484,26 +465,3 @@ def _parse_time(value: Any) -> float | None:
         return t.timestamp()
     except ValueError:
         return None
-
-
-def _reason(e: Exception) -> str:
-    """The innermost, human part of a requests/urllib3 error."""
-    text = str(e)
-    for marker in ("Name or service not known", "nodename nor servname", "Temporary failure in name resolution",
-                   "Connection refused", "No route to host", "Network is unreachable",
-                   "certificate verify failed", "timed out", "Connection reset", "Connection aborted",
-                   "IncompleteRead", "Response ended prematurely"):
-        if marker in text:
-            return {"nodename nor servname": "unknown host",
-                    "Name or service not known": "unknown host",
-                    "Temporary failure in name resolution": "unknown host (DNS lookup failed)"}.get(marker, marker)
-    return text.split(": ")[-1][:200] if text else type(e).__name__
-
-
-def _new_session() -> requests.Session:
-    s = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
-    s.mount("https://", adapter)
-    s.mount("http://", adapter)
-    s.trust_env = True  # proxies from the environment, as Docker honours them
-    return s
