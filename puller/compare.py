@@ -27,7 +27,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import logging
 import os
 import tempfile
 from collections import deque
@@ -35,10 +34,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
+from ._log import get_logger
 from .errors import DigestMismatch, LayerError, PullerError, UsageError
 from .layer.reader import LayerReader
 
-log = logging.getLogger("puller.compare")
+log = get_logger("puller.compare")
 
 __all__ = [
     "RUNTIME_FIELDS",

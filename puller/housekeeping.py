@@ -28,7 +28,6 @@ import fcntl
 import hashlib
 import itertools
 import json
-import logging
 import os
 import stat
 import time
@@ -36,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._log import get_logger
 from .errors import CacheError, PullerError
 from .manifest import (
     INDEX_TYPES,
@@ -49,7 +49,7 @@ from .manifest import (
 )
 from .store import RefEntry, Store
 
-log = logging.getLogger("puller.housekeeping")
+log = get_logger("puller.housekeeping")
 
 __all__ = [
     "BadBlob",

@@ -13,11 +13,11 @@ later one) continues with a Range request.
 """
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from ._log import get_logger
 from .errors import (DigestMismatch, NetworkError, NotCached, PullerError)
 from .image import lookup_ref, resolve
 from .manifest import (INDEX_TYPES, REGISTRY_DIGEST, Descriptor, Index, Manifest, parse)
@@ -25,7 +25,7 @@ from .platform import Platform, select
 from .registry import Registry, RegistryOptions
 from .store import Store
 
-log = logging.getLogger("puller.pull")
+log = get_logger("puller.pull")
 
 __all__ = ["pull", "PullResult"]
 
@@ -196,17 +196,29 @@ def _fetch_image(reg, store: Store, repo: str, m: Manifest, emit, jobs: int, cou
         for d in todo:
             fetch_blob(reg, store, repo, d, emit, counter)
         return
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=min(jobs, len(todo)), thread_name_prefix="pull") as pool:
-        futures = [pool.submit(fetch_blob, reg, store, repo, d, emit, counter) for d in todo]
-        errors = []
-        for f in futures:
+    # Plain threads taking from one list: concurrent.futures would cost more to import
+    # (it brings logging) than this whole loop.
+    pending, errors = list(reversed(todo)), []
+
+    def worker() -> None:
+        while True:
             try:
-                f.result()
+                d = pending.pop()
+            except IndexError:
+                return
+            try:
+                fetch_blob(reg, store, repo, d, emit, counter)
             except BaseException as e:  # noqa: BLE001 - report the first, after all have stopped
                 errors.append(e)
-        if errors:
-            raise errors[0]
+                pending.clear()
+    threads = [threading.Thread(target=worker, name=f"pull-{i}", daemon=True)
+               for i in range(min(jobs, len(todo)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def fetch_blob(reg, store: Store, repo: str, d: Descriptor, emit, counter: ByteCounter) -> None:

@@ -19,18 +19,18 @@ children present, which has a new digest (the result says so).
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
+from ._log import get_logger
 from .errors import CacheError, NotCached, PullerError, RegistryError, UsageError
 from .manifest import Descriptor, Index, Manifest, digest_of, parse
 from .store import RefEntry, Store
 
-log = logging.getLogger("puller.push")
+log = get_logger("puller.push")
 
 __all__ = ["CHUNKED_OVER", "CHUNK_SIZE", "PushResult", "Uploader", "push"]
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
+from ._log import get_logger
 from .errors import (ManifestError, NetworkError, PullerError, RegistryError,
                      UsageError, DigestMismatch)
 from .reference import is_loopback_host
 from .manifest import MANIFEST_ACCEPT, MAX_MANIFEST_SIZE, Index, Manifest, digest_of, parse
 
-log = logging.getLogger("puller.registry")
+log = get_logger("puller.registry")
 
 __all__ = ["Registry", "RegistryOptions", "ManifestHead", "load_config"]
 

@@ -10,17 +10,17 @@ are not platforms), one pull per platform.
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._log import get_logger
 from .errors import PullerError, UsageError
 from .manifest import Index
 from .platform import Platform
 from .store import Store
 
-log = logging.getLogger("puller.sync")
+log = get_logger("puller.sync")
 
 __all__ = ["SyncItem", "SyncResult", "read_list", "sync"]
 

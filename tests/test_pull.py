@@ -5,8 +5,8 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
-
 from urllib.parse import urlsplit
 
 import pytest
@@ -392,3 +392,21 @@ def test_token_server_answer_forms(token_registry, token_server, cache_dir, fiel
     token_server.set_fields(*fields)
     res = _pull(f"{token_registry.host}/library/shared-b:1", cache_dir)
     assert res.digest == token_registry.images["library/shared-b:1"].digest
+
+
+HEAVY = ("requests", "urllib3", "logging", "concurrent.futures", "typer", "tqdm", "click")
+
+
+def test_the_pull_command_imports_nothing_heavy(registry, tmp_path):
+    """A cold and a warm ``puller pull`` go through argparse and http.client only: their
+    start-up is most of what they cost."""
+    code = ("import sys; from puller.cli.entry import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    for _ in ("cold", "warm"):
+        p = subprocess.run([sys.executable, "-c", code, "pull", "-q", "--cache", str(tmp_path),
+                            f"{registry.host}/library/alpine:3.10"], capture_output=True, text=True)
+        assert p.returncode == 0 and p.stderr == "", p.stderr
+        digest, loaded = p.stdout.splitlines()[0], p.stdout.splitlines()[1:]
+        assert digest == registry.images["library/alpine:3.10"].digest
+        assert loaded in ([], [""]), loaded

@@ -7,7 +7,6 @@ CI logs) or nothing (``-q``, or stderr is not a terminal).
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import threading
 import time
@@ -68,14 +67,9 @@ def run_lean(body: Callable[[], int], *, trouble: Callable[[BaseException], int]
 
 def setup_logging(verbose: bool) -> None:
     """Warnings go to stderr on a terminal or with --verbose; otherwise a failing command's
-    one error line is all it writes there."""
-    level = logging.INFO if verbose else (logging.WARNING if sys.stderr.isatty() else logging.CRITICAL + 1)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("puller: %(levelname)s: %(message)s"))
-    root = logging.getLogger("puller")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    one error line is all it writes there (see ``puller._log``)."""
+    from .._log import configure
+    configure(verbose=verbose)
 
 
 def emit_json(obj: Any) -> None:

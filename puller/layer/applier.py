@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import logging
 import os
 import stat
 import threading
@@ -39,12 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from puller._log import get_logger
 from puller.errors import DiskFull, LayerError, LimitExceeded, UnpackError, UnsafeLayer
 from puller.layer.reader import LayerEntry, LayerReader, Limits
 
 __all__ = ["Applier", "LayerStats", "Skipped", "Limits", "remove_tree"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _O_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
