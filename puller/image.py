@@ -6,14 +6,18 @@ reference into the local OCI manifest of one platform, reading only the cache.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 from .errors import CacheError, NotCached, PullerError, UsageError
 from .manifest import REGISTRY_DIGEST, Descriptor, Index, Manifest, parse
 from .platform import Platform, select
 from .store import RefEntry, Store
+
+TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 __all__ = ["CachedImage", "resolve", "lookup_ref", "layout_image", "PreparedImage", "prepare_rootfs"]
 

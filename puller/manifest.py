@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from .errors import ManifestError
 from .platform import Platform
+
+TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Descriptor", "Manifest", "Index", "parse", "digest_of", "MANIFEST_ACCEPT",
            "MAX_MANIFEST_SIZE"]

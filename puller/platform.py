@@ -8,8 +8,8 @@ images.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .errors import PlatformError, UsageError
 

@@ -14,8 +14,8 @@ later one) continues with a Range request.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ._log import get_logger
 from .errors import (DigestMismatch, NetworkError, NotCached, PullerError)

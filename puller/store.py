@@ -25,13 +25,16 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
 
 from .errors import CacheError, DigestMismatch, DiskFull, NotCached
 from .manifest import Descriptor, REGISTRY_DIGEST, REGISTRY_MEDIA_TYPE
+
+TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 __all__ = ["Store", "RefEntry", "default_cache_dir", "REF_NAME"]
 
@@ -113,6 +116,18 @@ class VerifyingReader:
         self.close()
 
 
+def _mkstemp(d: Path, prefix: str) -> tuple[int, str]:
+    """A new private file ``d/PREFIX.RANDOM``, as ``tempfile.mkstemp`` makes one (tempfile
+    itself costs more to import than a warm pull spends here)."""
+    for _ in range(100):
+        name = os.path.join(d, f"{prefix}.{os.urandom(6).hex()}")
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(d))
+
+
 class BlobWriter:
     """Writes one blob: bytes go to a temp file while hashed; ``commit`` checks size and
     digest, fsyncs and renames into blobs/. With ``resumable`` the temp file lives in
@@ -133,7 +148,7 @@ class BlobWriter:
                 self.restart()
         else:
             store.tmp_dir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=_hex(digest)[:16] + ".", dir=store.tmp_dir)
+            fd, name = _mkstemp(store.tmp_dir, _hex(digest)[:16])
             self.path, self._f, self.offset = Path(name), os.fdopen(fd, "wb"), 0
         self.resumable = resumable
 
@@ -217,7 +232,7 @@ class Store:
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=path.name + ".", dir=self.tmp_dir)
+        fd, name = _mkstemp(self.tmp_dir, path.name)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

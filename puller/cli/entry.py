@@ -10,7 +10,10 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     lean = _lean(args[0]) if args else None
     if lean is not None:  # hot paths parse with argparse: typer costs more than their work
-        sys.exit(lean(args[1:]))
+        code = lean(args[1:])
+        if argv is None:
+            _exit_now(code)
+        sys.exit(code)
     from .app import build
     try:
         rc = build()(args=args, prog_name="puller", standalone_mode=False)
@@ -48,8 +51,12 @@ def pull_and_run(argv: list[str] | None = None) -> None:
     code = _run(sys.argv[1:] if argv is None else argv)
     if argv is not None:
         sys.exit(code)
-    # The container has exited and everything is cleaned up: skip the interpreter's
-    # teardown (module finalisers, gc), a few ms on every run.
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """The command is done and has closed what it opened: skip the interpreter's teardown
+    (module finalisers, gc), several ms on every run."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

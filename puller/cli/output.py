@@ -10,9 +10,13 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
 
 from ..errors import BadReference, PullerError, RunError, UsageError
+
+TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["EXIT_CODES", "exit_code_for", "fail", "os_error", "run_lean", "Progress", "setup_logging", "emit_json",
            "human_size"]

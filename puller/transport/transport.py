@@ -23,13 +23,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import (AuthError, NetworkError, NotFound, RateLimited, RegistryError, TLSError)
 from ..reference import is_loopback_host
 from .challenge import parse_www_authenticate
 from .http import Client, Response
+
+TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Transport", "RetryPolicy", "RateLimit", "USER_AGENT"]
 
