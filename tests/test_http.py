@@ -170,3 +170,36 @@ def test_no_proxy_and_loopback_bypass_the_proxy(monkeypatch):
         with pytest.raises(NetworkError, match="unknown host|cannot connect"):
             Client().request("GET", "http://mirror.internal/x")  # bypassed: a direct (failing) lookup
         assert proxy.seen == []
+
+
+def _certs_d(tmp_path, srv: ScriptedServer, files: dict[str, bytes]):
+    d = tmp_path / "certs.d" / srv.host
+    d.mkdir(parents=True)
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return tmp_path / "certs.d"
+
+
+def test_a_registrys_ca_in_certs_d_is_trusted(tmp_path, monkeypatch):
+    with ScriptedServer(tls=True) as srv:
+        srv.routes[("GET", "/x")] = lambda h, s: reply(h, 200, b"trusted")
+        with pytest.raises(TLSError, match=r"certs\.d/127\.0\.0\.1:\d+/ca\.crt"):
+            Client().request("GET", f"{srv.url}/x")
+        monkeypatch.setenv("PULLER_CERTS_DIR", str(_certs_d(tmp_path, srv, {"ca.crt": srv.cert_pem})))
+        assert Client().request("GET", f"{srv.url}/x").read() == b"trusted"
+
+
+def test_a_client_certificate_in_certs_d_is_presented(tmp_path, monkeypatch):
+    from fixtures.netfaults import self_signed
+    cert, key = self_signed("puller-client")
+    with ScriptedServer(tls=True, client_ca=cert) as srv:
+        srv.routes[("GET", "/x")] = lambda h, s: reply(h, 200, b"hello client")
+        monkeypatch.setenv("PULLER_CERTS_DIR", str(_certs_d(tmp_path, srv, {"ca.crt": srv.cert_pem})))
+        with pytest.raises(NetworkError):  # no client certificate: the server hangs up
+            Client().request("GET", f"{srv.url}/x").read()
+        d = tmp_path / "certs.d" / srv.host
+        (d / "client.cert").write_bytes(cert)
+        with pytest.raises(TLSError, match="has no client.key beside it"):
+            Client().request("GET", f"{srv.url}/x")
+        (d / "client.key").write_bytes(key)
+        assert Client().request("GET", f"{srv.url}/x").read() == b"hello client"

@@ -466,6 +466,13 @@ def test_tls_is_verified_unless_the_registry_is_named_insecure(tmp_path):
         p = cli.run("pull", "--cache", str(tmp_path / "c"), "--insecure-registry", srv.host, "--json", ref)
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["digest"] == IMG.digest
+        # Or, verified: the registry's CA where Docker keeps it (here under PULLER_CERTS_DIR).
+        (tmp_path / "certs.d" / srv.host).mkdir(parents=True)
+        (tmp_path / "certs.d" / srv.host / "ca.crt").write_bytes(srv.cert_pem)
+        p = cli.run("pull", "--cache", str(tmp_path / "d"), "--retries", "0", "--json", ref,
+                    env={"PULLER_CERTS_DIR": str(tmp_path / "certs.d")})
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["digest"] == IMG.digest
 
 
 def test_the_ping_is_retried_too(tmp_path):

@@ -34,6 +34,8 @@ _CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bund
                "/etc/ssl/ca-bundle.pem", "/etc/pki/tls/cacert.pem",
                "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", "/etc/ssl/cert.pem")
 
+_CERTS_BASES = ("~/.config/containers/certs.d", "/etc/containers/certs.d", "/etc/docker/certs.d")
+
 _Key = tuple[str, str, int, bool, "tuple[str, int] | None"]
 
 
@@ -154,7 +156,7 @@ class Client:
     def __init__(self) -> None:
         self._idle: dict[_Key, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        self._contexts: dict[bool, ssl.SSLContext] = {}
+        self._contexts: dict[tuple[bool, str | None], ssl.SSLContext] = {}
 
     def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
                 body: bytes | object | None = None, timeout: tuple[float, float] = (10.0, 30.0),
@@ -223,7 +225,7 @@ class Client:
         at = proxy[0] if proxy else (host, port)
         conn: http.client.HTTPConnection
         if scheme == "https":
-            conn = http.client.HTTPSConnection(*at, timeout=timeout[0], context=self._context(verify),
+            conn = http.client.HTTPSConnection(*at, timeout=timeout[0], context=self._context(verify, host, port),
                                                blocksize=_BLOCK)
             if proxy:
                 conn.set_tunnel(host, port, headers={"Proxy-Authorization": proxy[1]} if proxy[1] else None)
@@ -246,28 +248,67 @@ class Client:
                 return
         conn.close()
 
-    def _context(self, verify: bool) -> ssl.SSLContext:
+    def _context(self, verify: bool, host: str, port: int) -> ssl.SSLContext:
+        certs = certs_dir(host, port)
         with self._lock:
-            ctx = self._contexts.get(verify)
+            ctx = self._contexts.get((verify, certs))
             if ctx is None:
-                ctx = self._contexts[verify] = _tls_context(verify)
+                ctx = self._contexts[(verify, certs)] = _tls_context(verify, certs)
             return ctx
 
 
-def _tls_context(verify: bool) -> ssl.SSLContext:
+def certs_dir(host: str, port: int) -> str | None:
+    """The per-registry TLS directory, as Docker and podman keep them: ``HOST:PORT`` (or
+    ``HOST`` for 443) under ``$PULLER_CERTS_DIR``, else ``~/.config/containers/certs.d``,
+    ``/etc/containers/certs.d``, ``/etc/docker/certs.d``; the first that exists."""
+    env = os.environ.get("PULLER_CERTS_DIR")
+    bases = [env] if env else [os.path.expanduser(b) for b in _CERTS_BASES]
+    names = [f"{host}:{port}"] + ([host] if port == 443 else [])
+    for base in bases:
+        for name in names:
+            d = os.path.join(base, name)
+            if os.path.isdir(d):
+                return d
+    return None
+
+
+def _tls_context(verify: bool, certs: str | None) -> ssl.SSLContext:
     """The system's trust store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` override it, as in
-    OpenSSL), or, unless the user turned verification off for this registry, nothing."""
+    OpenSSL) plus the registry's own directory: every ``*.crt`` there is a CA to trust,
+    every ``*.cert`` a client certificate with its ``*.key`` beside it (Docker's rules).
+    With verification off, only the client certificates are used."""
     ctx = ssl.create_default_context()
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    if not ctx.cert_store_stats().get("x509_ca") and not os.environ.get("SSL_CERT_DIR"):
+    elif not ctx.cert_store_stats().get("x509_ca") and not os.environ.get("SSL_CERT_DIR"):
         for path in _CA_BUNDLES:
             if os.path.isfile(path):
                 ctx.load_verify_locations(cafile=path)
                 break
+    if certs:
+        _load_certs_dir(ctx, certs, verify)
     return ctx
+
+
+def _load_certs_dir(ctx: ssl.SSLContext, certs: str, verify: bool) -> None:
+    try:
+        names = sorted(os.listdir(certs))
+    except OSError as e:
+        raise TLSError(f"cannot read {certs}: {e.strerror or e}") from None
+    for name in names:
+        path = os.path.join(certs, name)
+        try:
+            if name.endswith(".crt") and verify:
+                ctx.load_verify_locations(cafile=path)
+            elif name.endswith(".cert"):
+                key = path[:-len(".cert")] + ".key"
+                if not os.path.exists(key):
+                    raise TLSError(f"client certificate {path} has no {os.path.basename(key)} beside it")
+                ctx.load_cert_chain(path, key)
+        except (ssl.SSLError, OSError) as e:
+            why = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+            raise TLSError(f"cannot use {path}: {why}") from None
 
 
 def _dropped(conn: http.client.HTTPConnection) -> bool:
@@ -314,7 +355,8 @@ def _error(e: BaseException, netloc: str, timeout: tuple[float, float], *,
            connecting: bool = False) -> BaseException:
     """Our error for a failure while connecting or waiting for the answer."""
     if isinstance(e, ssl.SSLCertVerificationError):
-        return TLSError(f"TLS verification failed for {netloc}: {e.verify_message or 'certificate verify failed'}")
+        return TLSError(f"TLS verification failed for {netloc}: {e.verify_message or 'certificate verify failed'} "
+                        f"(a private CA goes in /etc/docker/certs.d/{netloc}/ca.crt)")
     if isinstance(e, ssl.SSLError):
         return TLSError(f"TLS handshake with {netloc} failed: {e.reason or e}")
     if isinstance(e, (socket.timeout, TimeoutError)):

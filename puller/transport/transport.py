@@ -27,7 +27,6 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..errors import (AuthError, NetworkError, NotFound, RateLimited, RegistryError, TLSError)
 from ..reference import is_loopback_host
-from .challenge import parse_www_authenticate
 from .http import Client, Response
 
 TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
@@ -236,6 +235,7 @@ class Transport:
 
     @staticmethod
     def _pick_challenge(resp: Response) -> tuple[str, dict[str, str]] | None:
+        from .challenge import parse_www_authenticate  # only registries that want auth need it
         chals = parse_www_authenticate(resp.headers.get("WWW-Authenticate", ""))
         for scheme in ("bearer", "basic"):
             for c in chals:
