@@ -163,16 +163,22 @@ def prepare_rootfs(ref: str, *, cache: str | None = None, pull: str = "missing",
     if pull != "always":
         entry = lookup_ref(store, r) if store.exists() else None
         img = resolve(store, entry, wanted) if entry is not None else None
-    if img is None:
-        if pull == "never" or offline:
-            raise NotCached(f"{r.familiar} is not in the cache (and --pull never / --offline)")
+    if img is not None:
+        rootfs, sidecar = ensure_rootfs(store, img, progress=progress)
+    elif pull == "never" or offline:
+        raise NotCached(f"{r.familiar} is not in the cache (and --pull never / --offline)")
+    elif pull == "missing":  # not cached: layer n is applied while layer n+1 downloads
+        from .pipeline import pull_into_rootfs
+        img, rootfs, sidecar = pull_into_rootfs(r, store, wanted, options=registry_options,
+                                                progress=progress)
+    else:
         from .pull import pull as do_pull
         do_pull(r, store=store, platform=wanted, progress=progress, options=registry_options)
         entry = lookup_ref(store, r)
         img = resolve(store, entry, wanted) if entry is not None else None
         if img is None:
             raise CacheError(f"{r.familiar} was pulled but is not complete in the cache")
-    rootfs, sidecar = ensure_rootfs(store, img, progress=progress)
+        rootfs, sidecar = ensure_rootfs(store, img, progress=progress)
     _pin(rootfs.with_name(rootfs.name + ".ready"))  # a running container's base survives prune
     return PreparedImage(img.name, img.manifest_digest, rootfs, img.config.get("config") or {},
                          sidecar, store.root)
@@ -180,20 +186,28 @@ def prepare_rootfs(ref: str, *, cache: str | None = None, pull: str = "missing",
 
 def ensure_rootfs(store: Store, img: CachedImage, *, progress=None) -> tuple[Path, Path | None]:
     """The shared base rootfs of ``img``, unpacked on first use (under a lock)."""
+    return unpack_base(store, img.local_digest, img.layer_openers, img.diff_ids, progress=progress)
+
+
+def unpack_base(store: Store, local_digest: str, openers: Callable[[Store], list], diff_ids: list[str],
+                *, progress=None) -> tuple[Path, Path | None]:
+    """``CACHE/rootfs/<digest>`` for the image whose local manifest is ``local_digest``:
+    unpacked from ``openers(store)`` unless a ``.ready`` marker says it already is; one
+    process unpacks while the others wait on the lock. Returns it and its rootless record."""
     import os
-    hexd = img.local_digest.split(":")[1]
+    hexd = local_digest.split(":")[1]
     dest = store.rootfs_dir / hexd
     record = store.root / "rootless" / f"{hexd}.json"
     ready = store.rootfs_dir / f"{hexd}.ready"
     if not ready.exists():
-        with store.lock_blob(img.local_digest):
+        with store.lock_blob(local_digest):
             if not ready.exists():
                 from .unpack import unpack
                 store.rootfs_dir.mkdir(parents=True, exist_ok=True)
                 record.parent.mkdir(parents=True, exist_ok=True)
-                unpack(img.layer_openers(store), img.diff_ids, dest, force=True,
+                unpack(openers(store), diff_ids, dest, force=True,
                        record=record if os.geteuid() != 0 else None, progress=progress)
-                ready.write_text(img.local_digest + "\n")
+                ready.write_text(local_digest + "\n")
     return dest, (record if record.exists() else None)
 
 

@@ -66,3 +66,31 @@ def test_a_failed_pull_leaves_no_rootfs(tmp_path):
                             options=RegistryOptions.build(config={}))
     time.sleep(0.1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_a_cold_pull_and_run_unpacks_its_base_rootfs_while_pulling(tmp_path):
+    """``prepare_rootfs`` (what ``pull-and-run`` calls) on an image not in the cache."""
+    from puller.image import prepare_rootfs
+    hold = threading.Event()
+    events: list[str] = []
+
+    def progress(e):
+        if isinstance(e, dict) and e.get("event") == "blob-done" and e["digest"] == IMG.layer_digests[1]:
+            events.append("layer 2 downloaded")
+        elif not isinstance(e, dict) and e.kind == "layer-done":
+            events.append(f"layer {e.layer + 1} applied")
+            hold.set()
+    with ScriptedServer() as srv:
+        _serve(srv, IMG.layer_digests[1], hold)
+        prepared = prepare_rootfs(f"{srv.host}/library/app:1", cache=str(tmp_path / "c"),
+                                  platform="linux/amd64", progress=progress,
+                                  registry_options=RegistryOptions.build(config={}))
+    assert events == ["layer 1 applied", "layer 2 downloaded", "layer 2 applied"]
+    assert prepared.rootfs.parent == tmp_path / "c" / "rootfs"
+    assert (prepared.rootfs / "one").read_text() == "1" and (prepared.rootfs / "two").read_text() == "2"
+    assert prepared.rootfs.with_name(prepared.rootfs.name + ".ready").exists()
+    # Warm: the same rootfs (named by the local manifest, as ensure_rootfs names it), no
+    # network (the server is gone), nothing unpacked again.
+    again = prepare_rootfs(f"{srv.host}/library/app:1", cache=str(tmp_path / "c"), platform="linux/amd64",
+                           progress=lambda e: events.append("again"))
+    assert again.rootfs == prepared.rootfs and "again" not in events
