@@ -123,3 +123,22 @@ def test_set_ref_replaces_and_remove(tmp_path):
     refs = s.refs()
     assert len(refs) == 1 and refs[0].descriptor.digest == b
     assert s.remove_ref("x.io/r:1") and s.refs() == []
+
+
+def test_writeback_of_a_large_blob_starts_while_it_is_written(tmp_path, monkeypatch):
+    """Every 4 MiB the written range is handed to the kernel to write back (so the fsync at
+    commit has little left to do); the ranges follow each other, each once."""
+    calls = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: (calls.append((off, n, advice)),
+                                                                        real(fd, off, n, advice)))
+    data = os.urandom(256 * 1024) * 40  # 10 MiB
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    store = Store(tmp_path).ensure()
+    w = store.writer(digest, len(data), resumable=True)
+    for i in range(0, len(data), 256 * 1024):
+        w.write(data[i:i + 256 * 1024])
+    w.commit()
+    mib = 1024 * 1024
+    assert calls == [(0, 4 * mib, os.POSIX_FADV_DONTNEED), (4 * mib, 4 * mib, os.POSIX_FADV_DONTNEED)]
+    assert store.read_blob(digest) == data
