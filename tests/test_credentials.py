@@ -367,3 +367,26 @@ def test_warm_path_modules_import_nothing_heavy() -> None:
     heavy = {"requests", "urllib3", "subprocess", "tempfile", "typing", "typer", "logging"}
     assert "puller.transport.credentials" in loaded
     assert not loaded & heavy
+
+
+# --- podman / skopeo logins ----------------------------------------------------------------
+
+def test_podman_and_skopeo_logins_are_read_when_docker_has_none(tmp_path: Path) -> None:
+    podman = write(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json",
+                   {"auths": {"quay.example/team": {"auth": b64("ns:scoped")},
+                              "quay.example": {"auth": b64("podman:pw")}}})
+    assert lookup("quay.example") == Credentials("podman", "pw")  # the host's own key first
+    write(Path(os.environ["DOCKER_CONFIG"]) / "config.json", {"auths": {"quay.example": {"auth": b64("docker:pw")}}})
+    assert lookup("quay.example") == Credentials("docker", "pw")  # Docker's file wins
+    assert lookup("other.example") is None
+    assert lookup("quay.example", config_path=tmp_path / "none.json") is None  # one file only
+    podman.unlink()
+
+
+def test_registry_auth_file_replaces_the_default_places(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write(Path(os.environ["XDG_CONFIG_HOME"]) / "containers" / "auth.json",
+          {"auths": {"r.example": {"auth": b64("home:pw")}}})
+    assert lookup("r.example") == Credentials("home", "pw")
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(write(tmp_path / "auth.json",
+                                                       {"auths": {"r.example": {"auth": b64("env:pw")}}})))
+    assert lookup("r.example") == Credentials("env", "pw")

@@ -234,6 +234,20 @@ def test_basic_auth(basic_registry, cache_dir):
     assert p.returncode == 1 and "refused" in p.stderr
 
 
+def test_a_skopeo_login_is_enough(basic_registry, cache_dir):
+    """Credentials that ``skopeo login`` / ``podman login`` wrote (and Docker's file lacks)."""
+    ref = f"{basic_registry.host}/private/secret:1"
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}  # else skopeo writes Docker's file
+    p = subprocess.run(["skopeo", "login", "--tls-verify=false", "-u", "bob", "--password-stdin",
+                        basic_registry.host], input="builder\n", capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert (Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json").exists()
+    assert not (Path(os.environ["DOCKER_CONFIG"]) / "config.json").exists()
+    p = cli.run("pull", "--cache", str(cache_dir), "--json", ref)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["digest"] == basic_registry.images["private/secret:1"].digest
+
+
 def test_docker_hub_names_through_a_mirror(mirror, cache_dir):
     """``alpine:3.10`` means docker.io/library/alpine:3.10; a mirror serves it offline."""
     s = Counting()

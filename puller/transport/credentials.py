@@ -9,7 +9,8 @@ puller reads the same file, ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config
 - otherwise ``auths[key].auth`` is base64 of ``user:password`` and ``auths[key].identitytoken``
   an OAuth refresh token from ``docker login`` on Docker Hub.
 
-Keys are matched the way docker/cli matches them: Docker Hub's key is
+When that file has nothing for a registry, podman's and skopeo's ``auth.json`` (same
+format) is read next. Keys are matched the way docker/cli matches them: Docker Hub's key is
 ``https://index.docker.io/v1/``, and ``docker.io``, ``index.docker.io`` and
 ``registry-1.docker.io`` name the same registry; any other key matches on ``host[:port]``
 whatever scheme or path (``https://r:5000/v2/``) it was written with.
@@ -35,7 +36,7 @@ TYPE_CHECKING = False  # typing costs an import on the warm path; only checkers 
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["DOCKER_HUB_KEY", "Credentials", "config_file", "erase", "lookup", "store"]
+__all__ = ["DOCKER_HUB_KEY", "Credentials", "config_file", "containers_auth_files", "erase", "lookup", "store"]
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 """The key Docker writes Docker Hub's credentials under (and sends to helpers)."""
@@ -257,7 +258,8 @@ def _find_entry(auths: dict[str, Any], host: str) -> tuple[str, dict[str, Any]] 
     """The entry for ``host``: Docker's own key first, then any alias, in file order."""
     canonical = _config_key(host)
     keys = [canonical] if canonical in auths else []
-    keys += [k for k in auths if k != canonical and _hostname(k) == host]
+    aliases = [k for k in auths if k != canonical and _hostname(k) == host]
+    keys += sorted(aliases, key=lambda k: "/" in k.split("://", 1)[-1].rstrip("/"))  # host/ns keys last
     for key in keys:
         entry = auths[key]
         if _has_secret(entry):
@@ -300,16 +302,37 @@ def lookup(registry: str, *, config_path: Path | None = None) -> Credentials | N
     """Credentials for ``registry`` (``docker.io``, ``host:port``...), or None for anonymous.
 
     Follows Docker: a configured helper decides alone (its "credentials not found" means
-    anonymous); without one, the ``auths`` entry is used.
+    anonymous); without one, the ``auths`` entry is used. When Docker's file says nothing
+    about the registry, the files ``podman login`` and ``skopeo login`` write are read the
+    same way (see :func:`containers_auth_files`), unless ``config_path`` names one file.
     """
     host = _checked_host(registry)
-    path = config_file(config_path)
-    config = _read_config(path)
-    helper = _helper_for(config, host, path)
-    if helper is not None:
-        return _helper_get(helper, host, path)
-    found = _find_entry(_section(config, "auths", path), host)
-    return _from_entry(*found, path) if found else None
+    paths = [config_file(config_path)] + ([] if config_path is not None else containers_auth_files())
+    for path in paths:
+        config = _read_config(path)
+        helper = _helper_for(config, host, path)
+        if helper is not None:
+            return _helper_get(helper, host, path)
+        found = _find_entry(_section(config, "auths", path), host)
+        if found:
+            return _from_entry(*found, path)
+    return None
+
+
+def containers_auth_files() -> list[Path]:
+    """Where podman, buildah and skopeo keep logins (containers-auth.json(5)):
+    ``$REGISTRY_AUTH_FILE`` alone when it is set, else ``$XDG_RUNTIME_DIR/containers/auth.json``
+    then ``$XDG_CONFIG_HOME/containers/auth.json`` (``~/.config/...``)."""
+    env = os.environ.get("REGISTRY_AUTH_FILE")
+    if env:
+        return [Path(env)]
+    files = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        files.append(Path(runtime) / "containers" / "auth.json")
+    config_home = os.environ.get("XDG_CONFIG_HOME")
+    files.append((Path(config_home) if config_home else Path.home() / ".config") / "containers" / "auth.json")
+    return files
 
 
 def store(registry: str, username: str, password: str, *,
