@@ -159,8 +159,8 @@ def register(app: Any) -> None:
 class _Context:
     """What every command needs to open its images: cache, platform, network policy.
 
-    A cached image is taken straight from the cache; the pull machinery (and ``requests``
-    with it) is imported only when something must be fetched."""
+    A cached image is taken straight from the cache; the pull machinery (and the HTTP
+    client with it) is imported only when something must be fetched."""
 
     def __init__(self, cache: Any, platform: str | None, offline: bool, quiet: bool,
                  verbose: bool, mirrors: Any, insecure: Any) -> None:

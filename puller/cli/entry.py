@@ -1,5 +1,6 @@
 """Console entry points, kept lean: ``pull-and-run`` and ``puller run`` go straight to the
-runner's own parser without importing typer, requests or tqdm on the warm start path."""
+runner's own parser without importing typer, tqdm or the HTTP client on the warm start path;
+``pull``, ``save``/``load``..., ``layers``... likewise go to argparse parsers of their own."""
 from __future__ import annotations
 
 import os

@@ -1,7 +1,7 @@
 """``pull-and-run`` / ``puller run``: Docker's ``run`` options on argparse, then the runner.
 
 Lean on purpose: this module is the warm start path of every ``pull-and-run``, so it
-imports neither typer nor requests nor tqdm (the image side imports requests only when
+imports neither typer nor tqdm nor the HTTP client (the image side imports it only when
 it has to pull; progress bars are created on the first progress event). Options stop at
 the image name, as in Docker: ``pull-and-run -e A=1 alpine ls -l`` passes ``-l`` to ``ls``.
 
