@@ -78,7 +78,7 @@ def pull(ref, *, store: Store | None = None, platform: Platform | None = None,
             return _result(ref, cached, cached=True, offline=True, note="used the cache (offline)")
         try:
             with Registry(ref.registry, options or RegistryOptions.build(), on_event=emit,
-                          session=session) as reg:
+                          session=session, memo=_memo(store)) as reg:
                 return _pull_online(ref, reg, store, wanted, jobs, emit, cached)
         except NetworkError as e:
             if cached is None:
@@ -87,6 +87,12 @@ def pull(ref, *, store: Store | None = None, platform: Platform | None = None,
             log.warning("registry unreachable (%s); using the cached image", e)
             return _result(ref, cached, cached=True, offline=True,
                            note=f"registry unreachable; used the cache ({e})")
+
+
+def _memo(store: Store):
+    """The registries' memo in this cache (``meta/registry/hosts.json``, see transport.memo)."""
+    from .transport.memo import AuthMemo
+    return AuthMemo(store.root / "meta" / "registry" / "hosts.json", store.tmp_dir)
 
 
 def _result(ref, img, *, cached: bool, offline: bool, downloaded: int = 0, ratelimit=None,

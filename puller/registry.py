@@ -110,7 +110,7 @@ class Registry:
     """One registry (``docker.io``, ``127.0.0.1:5000``...) and its mirrors."""
 
     def __init__(self, registry: str, options: RegistryOptions = RegistryOptions(), *,
-                 on_event: Callable[[dict], None] | None = None, session=None) -> None:
+                 on_event: Callable[[dict], None] | None = None, session=None, memo=None) -> None:
         from .transport.http import Client
         from .transport.transport import RetryPolicy, Transport
         self.registry = registry
@@ -125,7 +125,7 @@ class Registry:
                                  plain_http=is_loopback_host(host) or host in options.insecure_registries,
                                  insecure_tls=options.insecure_tls or host in options.insecure_registries,
                                  retry=retry, session=session,
-                                 on_event=self.on_event)
+                                 on_event=self.on_event, memo=memo)
         self.mirrors = []
         # A mirror that fails is left quickly for the next one (and the registry itself).
         mirror_retry = dataclasses.replace(retry, retries=min(1, retry.retries))
@@ -139,7 +139,7 @@ class Registry:
                                           scheme=u.scheme,
                                           insecure_tls=options.insecure_tls or u.netloc in options.insecure_registries,
                                           plain_http=allowed_http, retry=mirror_retry, session=session,
-                                          on_event=self.on_event))
+                                          on_event=self.on_event, memo=memo))
         self._dead: set[int] = set()
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 from ..errors import (AuthError, NetworkError, NotFound, RateLimited, RegistryError, TLSError)
 from ..reference import is_loopback_host
 from .http import Client, Response
+from .memo import AuthMemo
 
 TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ class Transport:
     def __init__(self, host: str, *, credentials: Any = None, plain_http: bool = False,
                  insecure_tls: bool = False, retry: RetryPolicy = RetryPolicy(),
                  session: Client | None = None, scheme: str | None = None,
-                 on_event: Callable[[dict], None] | None = None) -> None:
+                 on_event: Callable[[dict], None] | None = None, memo: AuthMemo | None = None) -> None:
         self.host = host
         self.credentials = credentials
         self.plain_http = plain_http
@@ -164,6 +165,9 @@ class Transport:
         self.session = session or Client()
         self.verify = not insecure_tls
         self._scheme = scheme
+        # The memo is used where the scheme cannot have changed since: a fixed one (a
+        # mirror's URL) or https only; a loopback or insecure registry is pinged each time.
+        self.memo = memo if (scheme is not None or not plain_http) else None
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._pinged = False
         self._tokens: dict[str, _Token] = {}
@@ -181,8 +185,21 @@ class Transport:
         with self._lock:
             if self._pinged:
                 return
-            self._ping()
+            if not self._remembered():
+                self._ping()
+                if self.memo is not None:
+                    self.memo.save_ping(self.host, self._scheme or "https", self._challenge)
             self._pinged = True
+
+    def _remembered(self) -> bool:
+        """Take the ping's answer (and anonymous tokens) from the memo, if it has them."""
+        got = self.memo.ping(self.host) if self.memo is not None else None
+        if got is None or (self._scheme is not None and got[0] != self._scheme):
+            return False
+        self._scheme, self._challenge = got
+        if self.credentials is None and self._challenge is not None and self._challenge[0] == "bearer":
+            self._tokens = {scope: _Token(v, exp) for scope, (v, exp) in self.memo.tokens(self.host).items()}
+        return True
 
     def _ping(self) -> None:
         """The ping, retried like any request: connection errors, timeouts, 5xx, 408, 429
@@ -312,6 +329,8 @@ class Transport:
         # Refresh early: at 90% of the lifetime, and never trust a token past its end.
         expires = issued + max(1.0, expires_in * 0.9 - 1)
         self.on_event({"event": "token", "host": self.host, "scope": scope, "expires_in": expires_in})
+        if self.memo is not None and c is None:  # only anonymous tokens are written down
+            self.memo.save_token(self.host, scope or "", str(value), expires)
         return _Token(str(value), expires)
 
     def _token_request(self, method: str, url: str, headers: dict, data: dict | None = None):
@@ -372,15 +391,19 @@ class Transport:
 
         run = (lambda fn: self._with_retries(fn)) if retry else (lambda fn: fn())
         resp = run(once)
-        if resp.status_code == 401 and self._challenge is None:
-            # No challenge at ping time, but this resource wants auth: learn it now.
-            self._challenge = self._pick_challenge(resp)
-            if self._challenge is not None:
+        if resp.status_code == 401:
+            fresh = self._pick_challenge(resp)
+            if fresh is not None and not _same_authority(fresh, self._challenge):
+                # None at ping time (or a remembered one gone stale): learn this one now.
+                with self._lock:
+                    self._challenge, self._tokens = fresh, {}
+                if self.memo is not None:
+                    self.memo.save_ping(self.host, self._scheme or "https", fresh)
                 resp.close()
                 resp = run(once)
-        elif resp.status_code == 401 and self._challenge[0] == "bearer":
-            resp.close()  # the token may have expired early: fetch a new one, once
-            resp = run(lambda: once(force_new=True))
+            elif self._challenge is not None and self._challenge[0] == "bearer":
+                resp.close()  # the token may have expired early: fetch a new one, once
+                resp = run(lambda: once(force_new=True))
         rl = RateLimit.from_headers(resp.headers)
         if rl is not None:
             self.last_ratelimit = rl
@@ -440,6 +463,14 @@ class Transport:
             raise RateLimited(f"{what}: the registry's pull rate limit was reached{when}.{login}",
                               status=status, codes=codes, retry_after=wait)
         raise RegistryError(f"{what}: registry answered HTTP {status}{detail}", status=status, codes=codes)
+
+
+def _same_authority(a: tuple[str, dict[str, str]] | None, b: tuple[str, dict[str, str]] | None) -> bool:
+    """Whether two challenges name the same scheme, realm and service (a 401 for one
+    resource adds its own ``scope`` and ``error``, which do not count)."""
+    if a is None or b is None:
+        return a is b
+    return a[0] == b[0] and all(a[1].get(k) == b[1].get(k) for k in ("realm", "service"))
 
 
 def _human_seconds(s: float | int | None) -> str:
