@@ -390,3 +390,4 @@ def test_registry_auth_file_replaces_the_default_places(monkeypatch: pytest.Monk
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(write(tmp_path / "auth.json",
                                                        {"auths": {"r.example": {"auth": b64("env:pw")}}})))
     assert lookup("r.example") == Credentials("env", "pw")
+

@@ -308,7 +308,9 @@ def lookup(registry: str, *, config_path: Path | None = None) -> Credentials | N
     """
     host = _checked_host(registry)
     paths = [config_file(config_path)] + ([] if config_path is not None else containers_auth_files())
-    for path in paths:
+    for i, path in enumerate(paths):
+        if i and not os.access(path, os.R_OK):
+            continue  # podman's files are a fallback: one we cannot read is one we do not have
         config = _read_config(path)
         helper = _helper_for(config, host, path)
         if helper is not None:
