@@ -203,3 +203,25 @@ def test_a_client_certificate_in_certs_d_is_presented(tmp_path, monkeypatch):
             Client().request("GET", f"{srv.url}/x")
         (d / "client.key").write_bytes(key)
         assert Client().request("GET", f"{srv.url}/x").read() == b"hello client"
+
+
+def test_chunked_bodies_are_read_whole_and_the_connection_kept():
+    with ScriptedServer() as srv:
+        ports: list[int] = []
+
+        def chunked(h, s):
+            ports.append(h.client_address[1])
+            h.send_response(200)
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            for part in (b"a" * 70_000, b"b" * 10, b"c" * 300_000):
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            h.wfile.write(b"0\r\n\r\n")
+        srv.routes[("GET", "/x")] = chunked
+        c = Client()
+        want = b"a" * 70_000 + b"b" * 10 + b"c" * 300_000
+        assert b"".join(c.request("GET", f"{srv.url}/x").iter_content(65536)) == want
+        assert c.request("GET", f"{srv.url}/x").read() == want
+        c.request("GET", f"{srv.url}/x").close()  # unread: more than is worth draining
+        assert c.request("GET", f"{srv.url}/x").read() == want
+        assert len(set(ports)) == 2  # kept after the reads, dropped after the unread close
