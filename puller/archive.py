@@ -46,12 +46,8 @@ from typing import IO, Any, BinaryIO, cast
 
 from .errors import ArchiveError, DigestMismatch, DiskFull, LayerError, PullerError
 from .image import CachedImage
-from .layer.reader import (
-    LayerEntry,
-    LayerReader,
-    Limits,
-    _Decoded,  # the reader's streaming decompressor (gzip, zstd, none)
-)
+from .layer.decode import Decoded
+from .layer.reader import LayerEntry, LayerReader
 from .manifest import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -79,7 +75,6 @@ OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 
 _CHUNK = 1 << 20
 _MAX_JSON = 16 << 20          # manifest.json, configs, indexes: read whole, so capped
-_LIMITS = Limits()
 _BLOB_NAME = re.compile(r"^blobs/(sha256|sha512)/([0-9a-f]{64}|[0-9a-f]{128})$")
 _DIFF_NAME = re.compile(r"^([0-9a-f]{64})\.tar$")         # skopeo's and our layer names
 _JSON_NAME = re.compile(r"^([0-9a-f]{64})\.json$")        # docker's and skopeo's config names
@@ -300,7 +295,7 @@ def uncompressed_size(store: Store, desc: Descriptor, diff_id: str) -> int:
     if isinstance(meta.get("uncompressed_size"), int) and meta.get("diff_id") == diff_id:
         return int(meta["uncompressed_size"])
     with store.open_blob(desc.digest, desc.size) as raw:
-        dec = _Decoded(cast(BinaryIO, raw), _LIMITS)
+        dec = Decoded(cast(BinaryIO, raw))
         while dec.next_chunk():
             pass
     got = f"sha256:{dec.hash.hexdigest()}"
@@ -318,7 +313,7 @@ def _write_uncompressed(tar: _TarOut, store: Store, desc: Descriptor, diff_id: s
     info.size, info.mode = size, 0o644
     tar.header(info)
     with store.open_blob(desc.digest, desc.size) as raw:
-        dec = _Decoded(cast(BinaryIO, raw), _LIMITS)
+        dec = Decoded(cast(BinaryIO, raw))
         while chunk := dec.next_chunk():
             if len(chunk) > tar.owed:
                 raise ArchiveError(f"layer {desc.digest} is larger than its recorded size {size}")
@@ -411,7 +406,7 @@ class _Inflater(threading.Thread):
 
     def run(self) -> None:
         try:
-            dec = _Decoded(self, _LIMITS)  # type: ignore[arg-type]
+            dec = Decoded(self)  # type: ignore[arg-type]
             while dec.next_chunk():
                 pass
             self.diff_id, self.size = f"sha256:{dec.hash.hexdigest()}", dec.total

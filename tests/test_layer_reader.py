@@ -241,8 +241,8 @@ def test_reads_files_as_a_stream_not_whole() -> None:
 def test_stdlib_zlib_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The optional ISA-L inflater and stdlib zlib behave alike on every edge."""
     import zlib
-    import puller.layer.reader as reader_mod
-    monkeypatch.setattr(reader_mod, "_inflate_mod", zlib)
+    import puller.layer.decode as decode_mod
+    monkeypatch.setattr(decode_mod, "_inflate_mod", zlib)
     assert read_all(hostile.multi_member_gzip(SAMPLE, 4))[2].diff_id == sha256(SAMPLE)
     blob = compress(SAMPLE, "gzip")
     with pytest.raises(LayerError, match="truncated"):

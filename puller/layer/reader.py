@@ -28,19 +28,15 @@ their own for listing or diffing layers.
 """
 from __future__ import annotations
 
-import hashlib
-import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
-
-import zstandard
 
 from puller.errors import LayerError, LimitExceeded
+from puller.layer.decode import MAX_BYTES, Decoded
 
-try:  # ISA-L inflates about 2.5x faster than zlib; optional, same API
-    from isal import isal_zlib as _inflate_mod  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the environment
-    _inflate_mod = zlib
+TYPE_CHECKING = False  # typing costs start-up time that the lean commands do not spend
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import BinaryIO
 
 __all__ = ["Limits", "LayerEntry", "LayerReader", "EntryType", "WHITEOUT_PREFIX", "OPAQUE",
            "normalise_path"]
@@ -51,11 +47,7 @@ OPAQUE = ".wh..wh..opq"
 EntryType = str  # one of: file, dir, symlink, hardlink, char, block, fifo
 _TYPES = {b"0": "file", b"\0": "file", b"7": "file", b"1": "hardlink", b"2": "symlink",
           b"3": "char", b"4": "block", b"5": "dir", b"6": "fifo", b"D": "dir", b"S": "file"}
-
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_CHUNK = 1 << 20           # decompressed bytes handed out per step
-_RAW_CHUNK = 256 << 10     # compressed bytes read per step
+_CHUNK = 1 << 20           # zero bytes handed out per step for a sparse file's holes
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +60,7 @@ class Limits:
     header. Free space is watched while writing: the unpack stops before less than
     ``max(min_free_ratio * fs size, min_free_bytes)`` would remain.
     """
-    max_bytes: int = 256 << 30
+    max_bytes: int = MAX_BYTES
     max_entries: int = 2_000_000
     max_path: int = 64 << 10
     max_depth: int = 4096
@@ -175,132 +167,6 @@ def normalise_path(raw: str, limits: Limits = Limits()) -> str:
     if len(parts) > limits.max_depth:
         raise LimitExceeded(f"entry {raw[:200]!r}... deeper than {limits.max_depth} levels")
     return "/".join(parts)
-
-
-# --- decompression ----------------------------------------------------------------------
-
-class _Decoded:
-    """The uncompressed bytes of a blob, handed out in bounded chunks and hashed on the way."""
-
-    def __init__(self, raw: BinaryIO, limits: Limits, digest_algorithm: str = "sha256"
-                 ) -> None:
-        self._raw = raw
-        self._limits = limits
-        self.hash = hashlib.new(digest_algorithm)
-        self.total = 0
-        head = self._read_raw()
-        if head.startswith(_GZIP_MAGIC):
-            self.compression = "gzip"
-            self._chunks = self._gzip(head)
-        elif head.startswith(_ZSTD_MAGIC) or (
-                len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18"):
-            self.compression = "zstd"
-            self._chunks = self._zstd(head)
-        else:
-            self.compression = "none"
-            self._chunks = self._plain(head)
-
-    def _read_raw(self) -> bytes:
-        try:
-            return self._raw.read(_RAW_CHUNK)
-        except OSError as exc:
-            raise LayerError(f"reading layer blob: {exc}") from exc
-
-    def _plain(self, head: bytes) -> Iterator[bytes]:
-        data = head
-        while data:
-            yield data
-            data = self._raw.read(_CHUNK)
-
-    def _gzip(self, data: bytes) -> Iterator[bytes]:
-        """Inflate every gzip member in turn (pigz and concatenated members); NUL padding
-        after a member is tolerated as gzip(1) does, anything else is corrupt."""
-        d = _inflate_mod.decompressobj(31)
-        started = True
-        while True:
-            if not data:
-                data = self._read_raw()
-                if not data:
-                    if started:
-                        raise LayerError("truncated gzip stream")
-                    return
-            if not started:
-                data = data.lstrip(b"\0")
-                if not data:
-                    continue
-                if not data.startswith(_GZIP_MAGIC[: len(data)]):
-                    raise LayerError("trailing garbage after gzip stream")
-                d = _inflate_mod.decompressobj(31)
-                started = True
-            try:
-                while True:  # also drains output zlib holds back once the input is used up
-                    out = d.decompress(data, _CHUNK)
-                    data = d.unconsumed_tail
-                    if out:
-                        yield out
-                    if d.eof or not out:
-                        break
-            except _inflate_mod.error as exc:
-                raise LayerError(f"corrupt gzip stream: {exc}") from exc
-            if d.eof:
-                data = d.unused_data
-                started = False
-
-    def _zstd(self, head: bytes) -> Iterator[bytes]:
-        """zstd frames, one after the other; a frame cut short is an error.
-
-        The input is fed in 1 KiB slices: zstd's RLE blocks expand 3 bytes to 128 KiB, and
-        the binding has no output bound, so small slices keep one call's output bounded
-        (32 MiB at worst). Small outputs are coalesced into chunks of about 1 MiB.
-        """
-        d = zstandard.ZstdDecompressor().decompressobj()
-        data = head
-        in_frame = False
-        pending: list[bytes] = []
-        held = 0
-        while True:
-            if not data:
-                data = self._read_raw()
-                if not data:
-                    if in_frame:
-                        raise LayerError("truncated zstd stream")
-                    if pending:
-                        yield b"".join(pending)
-                    return
-            view = memoryview(data)
-            for start in range(0, len(data), 1024):
-                step = view[start:start + 1024]
-                while step:
-                    try:
-                        out = d.decompress(step)
-                    except zstandard.ZstdError as exc:
-                        raise LayerError(f"corrupt zstd stream: {exc}") from exc
-                    in_frame = True
-                    step = b""
-                    if out:
-                        pending.append(out)
-                        held += len(out)
-                        if held >= _CHUNK:
-                            yield b"".join(pending)
-                            pending, held = [], 0
-                    if d.eof:
-                        step = d.unused_data
-                        d = zstandard.ZstdDecompressor().decompressobj()
-                        in_frame = False
-            data = b""
-
-    def next_chunk(self) -> bytes:
-        """The next decompressed chunk, or b"" at the end of the stream."""
-        for chunk in self._chunks:
-            if not chunk:
-                continue
-            self.total += len(chunk)
-            if self.total > self._limits.max_bytes:
-                raise LimitExceeded(
-                    f"layer expands beyond {self._limits.max_bytes} bytes (Limits.max_bytes)")
-            self.hash.update(chunk)
-            return chunk
-        return b""
 
 
 # --- tar parsing ------------------------------------------------------------------------
@@ -435,7 +301,7 @@ class LayerReader:
                  digest_algorithm: str = "sha256") -> None:
         self._stream = stream
         self._limits = limits
-        self._src = _Decoded(stream, limits, digest_algorithm)
+        self._src = Decoded(stream, limits.max_bytes, digest_algorithm)
         self._buf = b""
         self._pos = 0
         self._remaining = 0          # stored data bytes of the current entry not yet read
