@@ -29,25 +29,15 @@ import errno
 import hashlib
 import io
 import json
-import logging
 import os
-import queue
 import re
-import shutil
-import tarfile
-import tempfile
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
 
+from ._log import get_logger
 from .errors import ArchiveError, DigestMismatch, DiskFull, LayerError, PullerError
-from .image import CachedImage
-from .layer.decode import Decoded
-from .layer.reader import LayerEntry, LayerReader
 from .manifest import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -60,10 +50,25 @@ from .manifest import (
     digest_of,
 )
 from .manifest import parse as parse_manifest
-from .platform import Platform, host_platform
-from .store import REF_NAME, Store
+from .store import REF_NAME, Store, _mkdtemp, _mkstemp
 
-log = logging.getLogger("puller.archive")
+# Imported where used, not here: tarfile (load, export: save writes its plain headers
+# itself), the layer decoder (load, a docker-archive's uncompressed layers) and reader
+# (export, import), the platform (import), typing (only for type checkers): ``puller
+# save`` and ``puller load`` of a small image are bound by their start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import tarfile
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import IO, Any, BinaryIO
+
+    from .image import CachedImage
+    from .layer.reader import LayerEntry, LayerReader
+    from .platform import Platform
+
+    Progress = Callable[[dict[str, Any]], None]
+
+log = get_logger("puller.archive")
 
 __all__ = ["FORMATS", "SaveItem", "export", "import_tar", "load", "save"]
 
@@ -79,8 +84,6 @@ _BLOB_NAME = re.compile(r"^blobs/(sha256|sha512)/([0-9a-f]{64}|[0-9a-f]{128})$")
 _DIFF_NAME = re.compile(r"^([0-9a-f]{64})\.tar$")         # skopeo's and our layer names
 _JSON_NAME = re.compile(r"^([0-9a-f]{64})\.json$")        # docker's and skopeo's config names
 _META_NAMES = ("manifest.json", "repositories", "index.json", "oci-layout")
-
-Progress = Callable[[dict[str, Any]], None]
 
 
 def _noop(event: dict[str, Any]) -> None:
@@ -99,6 +102,7 @@ def _gzip_compressor() -> Any:
         from isal import isal_zlib  # type: ignore[import-not-found, unused-ignore]
         return isal_zlib.compressobj(2, isal_zlib.DEFLATED, 31)
     except ImportError:  # pragma: no cover - depends on the environment
+        import zlib
         return zlib.compressobj(6, zlib.DEFLATED, 31)
 
 
@@ -116,6 +120,23 @@ def _layer_media_type(compression: str) -> str:
 
 # --- tar output ---------------------------------------------------------------------------
 
+def _ustar_file(name: str, size: int, mtime: int = 0) -> bytes | None:
+    """The header of a plain 0644 file member owned by root, byte for byte as ``tarfile``
+    writes it (PAX format), without importing tarfile (and shutil, bz2, lzma with it) for
+    the members ``save`` writes; None when it needs a PAX header (a long or non-ASCII name,
+    8 GiB or more)."""
+    try:
+        raw = name.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if len(raw) > 100 or not 0 <= size < 8 ** 11 or not 0 <= mtime < 8 ** 11:
+        return None
+    head = b"".join((raw.ljust(100, b"\0"), b"0000644\0", b"0000000\0", b"0000000\0",
+                     b"%011o\0" % size, b"%011o\0" % mtime, b" " * 8, b"0", b"\0" * 100,
+                     b"ustar\x0000", b"\0" * 80, b"\0" * 155)).ljust(512, b"\0")
+    return head[:148] + b"%06o\0" % sum(head) + head[155:]
+
+
 class _TarOut:
     """A streaming tar writer: a header, then the data in chunks, then padding. ``tarfile``
     wants the whole member as a file object; we feed data as it is decompressed."""
@@ -126,11 +147,26 @@ class _TarOut:
         self._size = 0
 
     def header(self, info: tarfile.TarInfo) -> None:
+        import tarfile
+        self._begin(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"),
+                    info.size if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0)
+
+    def file(self, name: str, size: int, mtime: int = 0) -> None:
+        """The header of a plain file member (0644, root's); :meth:`data` writes its bytes."""
+        head = _ustar_file(name, size, mtime)
+        if head is not None:
+            self._begin(head, size)
+            return
+        import tarfile
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o644, mtime
+        self.header(info)
+
+    def _begin(self, head: bytes, size: int) -> None:
         if self._open:
             raise ArchiveError("internal error: tar member left incomplete")
-        self._f.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-        self._open = info.size if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
-        self._size = self._open
+        self._f.write(head)
+        self._open = self._size = size
 
     def data(self, chunk: bytes | memoryview) -> None:
         if len(chunk) > self._open:
@@ -150,9 +186,7 @@ class _TarOut:
         self._size = 0
 
     def add_bytes(self, name: str, data: bytes, mtime: int = 0) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mode, info.mtime = len(data), 0o644, mtime
-        self.header(info)
+        self.file(name, len(data), mtime)
         self.data(data)
         self.end_member()
 
@@ -171,7 +205,7 @@ def _open_output(out: Path | str | BinaryIO) -> Iterator[IO[bytes]]:
         return
     path = Path(out)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _mkstemp(path.parent, f".{path.name}")
     except OSError as e:
         raise ArchiveError(f"cannot write {path}: {e.strerror or e}") from None
     try:
@@ -278,9 +312,7 @@ def _compression_of(desc: Descriptor) -> str:
 
 def _copy_blob(tar: _TarOut, store: Store, desc: Descriptor, path: str, emit: Progress) -> None:
     """A cached blob into the tar as it is; the cache's reader checks its digest at EOF."""
-    info = tarfile.TarInfo(path)
-    info.size, info.mode = desc.size, 0o644
-    tar.header(info)
+    tar.file(path, desc.size)
     with store.open_blob(desc.digest, desc.size) as r:
         while chunk := r.read(_CHUNK):
             tar.data(chunk)
@@ -291,11 +323,12 @@ def _copy_blob(tar: _TarOut, store: Store, desc: Descriptor, path: str, emit: Pr
 def uncompressed_size(store: Store, desc: Descriptor, diff_id: str) -> int:
     """A layer's uncompressed size: from the cache's meta, else learnt by one streaming pass
     (which also checks the DiffID) and recorded there for next time."""
+    from .layer.decode import Decoded
     meta = store.get_meta(desc.digest)
     if isinstance(meta.get("uncompressed_size"), int) and meta.get("diff_id") == diff_id:
         return int(meta["uncompressed_size"])
     with store.open_blob(desc.digest, desc.size) as raw:
-        dec = Decoded(cast(BinaryIO, raw))
+        dec = Decoded(raw)  # type: ignore[arg-type] - a reader, as Decoded needs
         while dec.next_chunk():
             pass
     got = f"sha256:{dec.hash.hexdigest()}"
@@ -308,12 +341,11 @@ def uncompressed_size(store: Store, desc: Descriptor, diff_id: str) -> int:
 def _write_uncompressed(tar: _TarOut, store: Store, desc: Descriptor, diff_id: str, path: str,
                         emit: Progress) -> None:
     """Decompress a cached layer straight into the tar; its DiffID is checked on the way."""
+    from .layer.decode import Decoded
     size = uncompressed_size(store, desc, diff_id)
-    info = tarfile.TarInfo(path)
-    info.size, info.mode = size, 0o644
-    tar.header(info)
+    tar.file(path, size)
     with store.open_blob(desc.digest, desc.size) as raw:
-        dec = Decoded(cast(BinaryIO, raw))
+        dec = Decoded(raw)  # type: ignore[arg-type] - a reader, as Decoded needs
         while chunk := dec.next_chunk():
             if len(chunk) > tar.owed:
                 raise ArchiveError(f"layer {desc.digest} is larger than its recorded size {size}")
@@ -384,6 +416,7 @@ class _Inflater(threading.Thread):
     """
 
     def __init__(self) -> None:
+        import queue
         super().__init__(name="inflate", daemon=True)
         self._q: queue.Queue[bytes] = queue.Queue(maxsize=8)
         self._eof = False
@@ -405,6 +438,7 @@ class _Inflater(threading.Thread):
         return data
 
     def run(self) -> None:
+        from .layer.decode import Decoded
         try:
             dec = Decoded(self)  # type: ignore[arg-type]
             while dec.next_chunk():
@@ -425,12 +459,13 @@ class _Staging:
         self.store = store
         try:
             store.tmp_dir.mkdir(parents=True, exist_ok=True)
-            self.dir = Path(tempfile.mkdtemp(prefix="load-", dir=store.tmp_dir))
+            self.dir = _mkdtemp(store.tmp_dir, "load")
         except OSError as e:
             raise ArchiveError(f"cannot use cache directory {store.root}: {e.strerror or e}") from None
         self._n = 0
 
     def close(self) -> None:
+        import shutil
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _new_file(self) -> tuple[Path, IO[bytes]]:
@@ -528,10 +563,9 @@ class _Staging:
 
     def gzip_staged(self, staged: _Staged) -> _Staged:
         """Compress a staged plain layer (a docker-archive whose layers sit under blobs/)."""
-        opened = open(staged.path, "rb") if staged.path else self.store.open_blob(staged.digest)  # noqa: SIM115
-        src = cast(IO[bytes], opened)
+        src = open(staged.path, "rb") if staged.path else self.store.open_blob(staged.digest)  # noqa: SIM115
         with src:
-            out = self.stage(src, recompress=True)
+            out = self.stage(src, recompress=True)  # type: ignore[arg-type]
         return out
 
     def _discard(self, staged: _Staged) -> None:
@@ -635,6 +669,8 @@ class _Loader:
 
     # -- reading --
     def read_tar(self, f: IO[bytes]) -> None:
+        import tarfile
+        import zlib
         try:
             with tarfile.open(fileobj=f, mode="r|*", bufsize=_CHUNK) as tar:
                 for member in tar:
@@ -975,9 +1011,8 @@ def load(source: Path | str | BinaryIO, store: Store, *, progress: Progress | No
 
 # --- export -----------------------------------------------------------------------------
 
-_TAR_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
-              "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
-              "fifo": tarfile.FIFOTYPE}
+_TAR_TYPES = {"file": b"0", "dir": b"5", "symlink": b"2", "hardlink": b"1", "char": b"3",
+              "block": b"4", "fifo": b"6"}  # tarfile's REGTYPE, DIRTYPE...
 
 
 @dataclass(frozen=True, slots=True)
@@ -991,6 +1026,7 @@ class _Node:
 
 
 def _tarinfo(path: str, e: LayerEntry, kind: str | None = None, link: str = "") -> tarfile.TarInfo:
+    import tarfile
     info = tarfile.TarInfo(path)
     kind = kind or e.type
     info.type = _TAR_TYPES[kind]
@@ -1057,6 +1093,7 @@ def export(image: CachedImage, out: Path | str | BinaryIO, store: Store, *,
     children), then the other entries in layer order; the names of one inode become one
     file and hardlinks to it.
     """
+    from .layer.reader import LayerReader
     emit = progress or _noop
     openers, diff_ids = image.layer_openers(store), image.diff_ids
     tree: dict[str, _Node] = {}
@@ -1109,6 +1146,7 @@ def import_tar(src: Path | str | BinaryIO, ref: str, store: Store, *,
     """A rootfs tar (plain or compressed) as a one-layer image named ``ref``; returns the
     normalised ref name. The config is minimal, with the host's (or ``platform``'s) os and
     architecture, like ``docker import``."""
+    from .platform import host_platform
     from .reference import parse
     name = str(parse(ref))
     plat = platform or host_platform()
@@ -1148,10 +1186,10 @@ def import_tar(src: Path | str | BinaryIO, ref: str, store: Store, *,
 
 def _check_tar(staging: _Staging, layer: _Staged) -> None:
     """Read the staged layer as a tar to the end: refuse what is not one."""
-    opened = open(layer.path, "rb") if layer.path else staging.store.open_blob(layer.digest)  # noqa: SIM115
-    src = cast(BinaryIO, opened)  # closed by the reader's with below
+    from .layer.reader import LayerReader
+    src = open(layer.path, "rb") if layer.path else staging.store.open_blob(layer.digest)  # noqa: SIM115
     try:
-        with LayerReader(src) as reader:
+        with LayerReader(src) as reader:  # type: ignore[arg-type] - closes src
             for _ in reader:
                 pass
     except LayerError as e:

@@ -131,6 +131,18 @@ def _mkstemp(d: Path, prefix: str) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no unused temporary name", str(d))
 
 
+def _mkdtemp(d: Path, prefix: str) -> Path:
+    """A new private directory ``d/PREFIX.RANDOM``, as ``tempfile.mkdtemp`` makes one."""
+    for _ in range(100):
+        path = Path(d, f"{prefix}.{os.urandom(6).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(d))
+
+
 class BlobWriter:
     """Writes one blob: bytes go to a temp file while hashed; ``commit`` checks size and
     digest, fsyncs and renames into blobs/. With ``resumable`` the temp file lives in

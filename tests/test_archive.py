@@ -592,3 +592,17 @@ def test_a_multi_platform_oci_layout_loads_every_platform(tmp_path):
     before = cache_state(target.root)
     load(layout, target)
     assert cache_state(target.root) == before
+
+
+def test_save_writes_tarfile_s_own_headers():
+    """The plain members save writes get a header made without tarfile, byte for byte the
+    one tarfile makes; a name too long for it goes through tarfile (a PAX header)."""
+    from puller.archive import _TarOut
+    for name, size in (("manifest.json", 5), ("blobs/sha256/" + "a" * 64, 123456789),
+                       ("x" * 100, 8 ** 11 - 1), ("x" * 101, 7), ("blöb", 1), ("big", 8 ** 11)):
+        ours, theirs = io.BytesIO(), io.BytesIO()
+        _TarOut(ours).file(name, size)
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = size, 0o644
+        theirs.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        assert ours.getvalue() == theirs.getvalue(), name

@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -123,3 +124,56 @@ def test_help_of_each_command():
         res = cli.run(command, "--help")
         assert res.returncode == 0, res.stderr
         assert flag in res.stdout
+
+
+def small_oci_archive(tmp_path: Path, *, unnamed_too: bool = False) -> tuple[str, Path]:
+    """A small image as an OCI archive file (with ``unnamed_too``, listed a second time
+    without a name); returns its ref and the file."""
+    from fixtures.images import F, build_image, tar_layer, write_oci_layout
+    ref = "example.com/small/img:1"
+    img = build_image([tar_layer(F("etc/a", b"a" * 3000)), tar_layer(F("etc/b", b"b"))], fmt="oci")
+    layout = write_oci_layout(tmp_path / "layout", {ref: img})
+    if unnamed_too:
+        index = json.loads((layout / "index.json").read_bytes())
+        index["manifests"].append({k: v for k, v in index["manifests"][0].items()
+                                   if k != "annotations"})
+        (layout / "index.json").write_text(json.dumps(index))
+    archive = tmp_path / "small.oci.tar"
+    with tarfile.open(archive, "w") as tar:
+        for p in sorted(layout.rglob("*")):
+            tar.add(p, arcname=str(p.relative_to(layout)), recursive=False)
+    return ref, archive
+
+
+def test_save_and_load_of_a_cached_image_import_only_what_they_use(tmp_path):
+    """Both are start-up bound on a small image: a cached image needs no HTTP stack, and
+    neither needs logging (until something warns), typing, tempfile or zstandard; save
+    writes its tar headers without tarfile."""
+    ref, archive = small_oci_archive(tmp_path)
+    cache, out = tmp_path / "cache", tmp_path / "out.tar"
+    ok("load", "--cache", str(cache), "-q", "-i", str(archive))
+    code = ("import sys; from puller.cli.archive import main; rc = main(sys.argv[1], sys.argv[2:]); "
+            "print(rc, *sorted(sys.modules))")
+    never = {"requests", "urllib3", "typer", "puller.registry", "puller.transport", "puller.pull",
+             "logging", "typing", "tempfile", "zstandard", "puller.layer.reader"}
+    for args in (["save", "--cache", str(cache), "-q", "--format", "oci", ref, "-o", str(out)],
+                 ["load", "--cache", str(tmp_path / "other"), "-q", "-i", str(out)]):
+        res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                             check=True)
+        rc, *modules = res.stdout.split()
+        assert rc == "0", res.stderr
+        assert not never & set(modules), args[0]
+        if args[0] == "save":
+            assert "tarfile" not in modules
+
+
+def test_load_warns_through_logging_when_it_has_something_to_say(tmp_path):
+    """Logging is set up only once the core warns: --verbose shows the warning, a script's
+    stderr (not a terminal) stays empty."""
+    ref, archive = small_oci_archive(tmp_path, unnamed_too=True)
+    res = cli.run("load", "--verbose", "--cache", str(tmp_path / "a"), "-i", str(archive))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f"Loaded image: {ref}"]
+    assert res.stderr.startswith("puller: WARNING: skipping unnamed image sha256:")
+    res = cli.run("load", "--cache", str(tmp_path / "b"), "-i", str(archive))
+    assert res.returncode == 0 and res.stderr == ""

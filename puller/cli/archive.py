@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import UsageError
 from .output import emit_json, run_lean, setup_logging
 
+TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, BinaryIO
+
     from ..image import CachedImage
     from ..platform import Platform
     from ..store import Store
