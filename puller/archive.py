@@ -9,12 +9,15 @@ What each function writes or reads is the ecosystem's own format, so that ``dock
   ``org.opencontainers.image.ref.name``). Layers are streamed from the cache into the tar:
   a tar header needs the size first, so a layer's uncompressed size is learnt by one
   streaming pass the first time and kept in the cache's meta (``uncompressed_size``).
-* :func:`load` reads either format (and an OCI layout directory) in one streaming pass.
-  Every member is staged under ``tmp/`` while hashed (and, for a docker-archive's plain tar
-  layers, gzipped: the cache holds compressed blobs); nothing reaches ``blobs/`` before the
-  whole archive has been read and every digest and DiffID checked, and refs come last. A
-  corrupt or truncated archive is therefore refused with the cache as it was, and loading
-  the same archive again finds every blob and ref in place and writes nothing.
+* :func:`load` reads either format (and an OCI layout directory). Every member is staged
+  under ``tmp/`` in one pass: hashed, and a compressed layer inflated on the way to hash its
+  DiffID (unless the cache recorded that blob's DiffID when it checked it), a docker-archive's
+  plain tar layer gzipped (the cache holds compressed blobs). An archive file's layers are
+  staged side by side by worker threads; a pipe is read in order, its layers inflated from
+  their staged files beside the reading. Nothing reaches ``blobs/`` before the whole archive
+  has been read and every digest and DiffID checked, and refs come last. A corrupt or
+  truncated archive is therefore refused with the cache as it was, and loading the same
+  archive again finds every blob and ref in place and writes nothing.
 * :func:`export` writes the merged rootfs as one tar without unpacking it: a first pass over
   the headers of every layer works out which entries survive (whiteouts and opaque markers
   applied, hardlinks followed to their inode), a second pass copies their data.
@@ -393,62 +396,190 @@ def _save_oci(items: Sequence[SaveItem], tar: _TarOut, store: Store, emit: Progr
 
 # --- load: staging ----------------------------------------------------------------------
 
+class _Future:
+    """A value worked out on one of the :class:`_Workers` (:meth:`get` waits for it, and
+    raises what the work raised), known at once, or worked out on first use."""
+
+    __slots__ = ("_value", "_error", "_done", "_later")
+
+    def __init__(self, value: Any = None) -> None:
+        self._value = value
+        self._error: BaseException | None = None
+        self._done: threading.Event | None = None
+        self._later: Callable[[], Any] | None = None
+
+    @classmethod
+    def pending(cls) -> _Future:
+        out = cls()
+        out._done = threading.Event()
+        return out
+
+    @classmethod
+    def later(cls, work: Callable[[], Any]) -> _Future:
+        out = cls()
+        out._later = work
+        return out
+
+    def set(self, value: Any, error: BaseException | None = None) -> None:
+        """The worker's result (or the exception it met)."""
+        self._value, self._error = value, error
+        assert self._done is not None
+        self._done.set()
+
+    def ready(self) -> bool:
+        """Known without waiting or working for it."""
+        return self._later is None and (self._done is None or self._done.is_set())
+
+    def get(self) -> Any:
+        if self._later is not None:
+            work, self._later = self._later, None
+            self._value = work()
+        if self._done is not None:
+            self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class _Workers:
+    """Threads that stage an archive's layers side by side: inflating (to hash a DiffID) is
+    the costliest step of a load, and zlib, ISA-L and hashlib release the GIL, so an image's
+    layers are read, hashed and inflated at once, up to one per core. Work submitted here
+    never waits for other work submitted here."""
+
+    def __init__(self, most: int | None = None) -> None:
+        import queue
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], _Future] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._most = most or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else os.cpu_count() or 1)
+        self.stop = threading.Event()   # set when the load is over: running work gives up
+
+    def submit(self, work: Callable[[], Any]) -> _Future:
+        out = _Future.pending()
+        self._jobs.put((work, out))
+        if len(self._threads) < self._most:
+            t = threading.Thread(target=self._run, name="load", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return out
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            work, out = job
+            try:
+                out.set(work())
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits for it
+                out.set(None, e)
+
+    def close(self) -> None:
+        self.stop.set()
+        for _ in self._threads:
+            self._jobs.put(None)
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
+
+
+def _inflated(raw: BinaryIO, stop: threading.Event) -> tuple[str | None, int | None]:
+    """``(DiffID, uncompressed size)`` of the compressed bytes ``raw`` reads, ``(None, None)``
+    when they do not decompress (or ``stop`` was set: the load is over)."""
+    from .layer.decode import Decoded
+    try:
+        dec = Decoded(raw)
+        while dec.next_chunk():
+            if stop.is_set():
+                return None, None
+    except LayerError:
+        return None, None
+    return f"sha256:{dec.hash.hexdigest()}", dec.total
+
+
+def _write_all(out: IO[bytes], data: bytes) -> None:
+    """An unbuffered file's write may write less than it was given (disk full, a signal)."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
+
+
+class _Tee:
+    """Reads ``src`` (whose ``first`` chunk was read already), hashing every byte and copying
+    it to ``out``: the compressed side of a one-pass stage, read by the inflater."""
+
+    def __init__(self, src: IO[bytes], first: bytes, algo: str, out: IO[bytes] | None) -> None:
+        self._src, self._first, self._out = src, first, out
+        self.hash = hashlib.new(algo)
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self._first:
+            data, self._first = self._first, b""
+        else:
+            data = self._src.read(n if n > 0 else _CHUNK)
+        if data:
+            self.hash.update(data)
+            self.size += len(data)
+            if self._out is not None:
+                _write_all(self._out, data)
+        return data
+
+    def drain(self) -> None:
+        """To the end: bytes after the compressed stream are part of the blob too."""
+        while self.read(_CHUNK):
+            pass
+
+
+class _Slice:
+    """One member's bytes, read by offset from an archive file, so that several members are
+    read at once: ``os.pread`` on the file's descriptor, or, for a file object without one
+    (a BytesIO), seek and read in turns under ``lock``."""
+
+    def __init__(self, f: IO[bytes], lock: threading.Lock, offset: int, size: int) -> None:
+        self._f, self._lock, self._pos, self._left = f, lock, offset, size
+        try:
+            self._fd: int | None = f.fileno()
+        except (OSError, ValueError):  # io.UnsupportedOperation is both
+            self._fd = None
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        if n <= 0:
+            return b""
+        if self._fd is not None:
+            data = os.pread(self._fd, n, self._pos)
+        else:
+            with self._lock:
+                self._f.seek(self._pos)
+                data = self._f.read(n)
+        if not data:
+            import tarfile
+            raise tarfile.ReadError("unexpected end of data")
+        self._pos += len(data)
+        self._left -= len(data)
+        return data
+
+
 @dataclass(frozen=True, slots=True)
 class _Staged:
     """An archive member as it would enter the cache: ``path`` is its staged file under
-    tmp/ (None when the cache holds that very blob already)."""
+    tmp/ (None when the cache holds that very blob already). ``uncompressed`` is the future
+    ``(DiffID, uncompressed size)``: sha256 of the uncompressed bytes, (None, None) when they
+    do not decompress."""
 
     digest: str
     size: int
-    diff_id: str | None          # sha256 of the uncompressed bytes (None: not decodable)
-    uncompressed_size: int | None
-    compression: str
+    compression: str             # gzip, zstd, none, or unknown (a blob only the cache holds)
     path: Path | None
+    uncompressed: _Future
 
+    @property
+    def diff_id(self) -> str | None:
+        """May wait for a worker (or inflate a cached blob) to know it."""
+        return self.uncompressed.get()[0]  # type: ignore[no-any-return]
 
-class _Inflater(threading.Thread):
-    """Hashes the uncompressed bytes of a compressed stream fed to it chunk by chunk, on a
-    thread of its own: inflating is the costliest step of loading an OCI archive, and zlib
-    (or ISA-L) releases the GIL, so it runs beside the reading, hashing and writing.
-
-    A stream that does not inflate (not a layer after all, or a corrupt one) leaves
-    ``diff_id`` None; the chunks are still consumed so that :meth:`feed` never blocks.
-    """
-
-    def __init__(self) -> None:
-        import queue
-        super().__init__(name="inflate", daemon=True)
-        self._q: queue.Queue[bytes] = queue.Queue(maxsize=8)
-        self._eof = False
-        self.diff_id: str | None = None
-        self.size: int | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        self._q.put(chunk)
-
-    def finish(self) -> None:
-        self._q.put(b"")
-        self.join()
-
-    def read(self, n: int = -1) -> bytes:
-        if self._eof:
-            return b""
-        data = self._q.get()
-        self._eof = not data
-        return data
-
-    def run(self) -> None:
-        from .layer.decode import Decoded
-        try:
-            dec = Decoded(self)  # type: ignore[arg-type]
-            while dec.next_chunk():
-                pass
-            self.diff_id, self.size = f"sha256:{dec.hash.hexdigest()}", dec.total
-        except Exception:  # noqa: BLE001 - the digest check decides what a bad stream means
-            self.diff_id = self.size = None
-        finally:
-            while not self._eof:
-                self.read()
+    @property
+    def uncompressed_size(self) -> int | None:
+        return self.uncompressed.get()[1]  # type: ignore[no-any-return]
 
 
 class _Staging:
@@ -456,31 +587,60 @@ class _Staging:
     past, and moved into blobs/ only by :meth:`commit`, after everything was verified."""
 
     def __init__(self, store: Store) -> None:
+        import itertools
         self.store = store
         try:
             store.tmp_dir.mkdir(parents=True, exist_ok=True)
             self.dir = _mkdtemp(store.tmp_dir, "load")
         except OSError as e:
             raise ArchiveError(f"cannot use cache directory {store.root}: {e.strerror or e}") from None
-        self._n = 0
+        self._names = itertools.count(1)  # workers stage too: next() is atomic
+        self.workers = _Workers()
+        self._syncer = _Workers(1)  # fsync waits on the disk: not on the threads that inflate
+        self._syncs: list[_Future] = []
 
     def close(self) -> None:
         import shutil
+        self.workers.close()
+        self._syncer.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _new_file(self) -> tuple[Path, IO[bytes]]:
-        self._n += 1
-        path = self.dir / f"{self._n:06d}"
-        return path, open(path, "wb", buffering=_CHUNK)
+    def _sync_and_close(self, out: IO[bytes]) -> None:
+        """fsync a staged file, then close it, on the sync thread; :meth:`synced` waits."""
+        def work() -> None:
+            try:
+                os.fsync(out.fileno())
+            finally:
+                out.close()
+        self._syncs.append(self._syncer.submit(work))
+
+    def synced(self) -> None:
+        """Every staged file is on disk: due before the first is renamed into blobs/."""
+        try:
+            for sync in self._syncs:
+                sync.get()
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull("no space left on the cache's file system while loading") from None
+            raise ArchiveError(f"cannot write to the cache: {e.strerror or e}") from None
+
+    def _new_file(self, *, small_writes: bool = False) -> tuple[Path, IO[bytes]]:
+        """A new staged file: unbuffered for chunks copied as they are read (a buffer would
+        only copy them once more), buffered for a compressor's small pieces."""
+        path = self.dir / f"{next(self._names):06d}"
+        return path, open(path, "wb", buffering=_CHUNK if small_writes else 0)
 
     def stage(self, src: IO[bytes], *, expect: str | None = None, recompress: bool = False,
-              known: Descriptor | None = None) -> _Staged:
+              known: Descriptor | None = None, inline: bool = False) -> _Staged:
         """Consume ``src``: hash it (and its uncompressed bytes), keep it as a staged file.
 
         ``expect``: the digest its name promises (mismatch: ArchiveError); a blob the cache
-        already holds is only hashed. ``recompress``: a plain tar becomes a gzip blob (a
-        docker-archive's layers). ``known``: a cached layer whose DiffID the name claims;
-        when the bytes do hash to it, that blob is reused instead of gzipping again.
+        already holds is only hashed, and not inflated either when the cache recorded its
+        DiffID. ``recompress``: a plain tar becomes a gzip blob (a docker-archive's
+        layers). ``known``: a cached layer whose DiffID the name claims; when the bytes do
+        hash to it, that blob is reused instead of gzipping again. ``inline``: a compressed
+        member is inflated in the same pass (on a worker, staging layers side by side),
+        else later by a worker, from the staged file (reading a stream in order).
         """
         first = src.read(_CHUNK)
         compression = _sniff(first)
@@ -490,7 +650,9 @@ class _Staging:
             staged = self._stage_plain(src, first, algo, recompress and known is None and not in_cache,
                                        keep=not in_cache and known is None)
         else:
-            staged = self._stage_compressed(src, first, algo, compression, keep=not in_cache)
+            recorded = self._recorded(expect) if in_cache and expect is not None else None
+            staged = self._stage_compressed(src, first, algo, compression, keep=not in_cache,
+                                            recorded=recorded, inline=inline)
         if expect is not None and staged.digest != expect:
             self._discard(staged)
             raise ArchiveError(f"archive member does not match its digest {expect} (corrupt archive)")
@@ -500,7 +662,7 @@ class _Staging:
                      keep: bool) -> _Staged:
         diff_h = hashlib.sha256()
         blob_h = hashlib.new(algo) if (gzip_it or algo != "sha256") else diff_h
-        path, out = self._new_file() if keep or gzip_it else (None, None)
+        path, out = self._new_file(small_writes=gzip_it) if keep or gzip_it else (None, None)
         z = _gzip_compressor() if gzip_it else None
         n = written = 0
         try:
@@ -516,7 +678,7 @@ class _Staging:
                     written += len(piece)
                     out.write(piece)  # type: ignore[union-attr]
                 elif out is not None:
-                    out.write(chunk)
+                    _write_all(out, chunk)
                 chunk = src.read(_CHUNK)
             if z is not None:
                 piece = z.flush()
@@ -525,41 +687,70 @@ class _Staging:
                 out.write(piece)  # type: ignore[union-attr]
             if out is not None:
                 out.flush()
-                os.fsync(out.fileno())
-        finally:
+        except BaseException:
             if out is not None:
                 out.close()
-        diff_id = f"sha256:{diff_h.hexdigest()}"
+            raise
+        if out is not None:
+            self._sync_and_close(out)
+        plain = _Future((f"sha256:{diff_h.hexdigest()}", n))
         if z is not None:
-            return _Staged(f"{algo}:{blob_h.hexdigest()}", written, diff_id, n, "gzip", path)
-        return _Staged(f"{algo}:{blob_h.hexdigest()}", n, diff_id, n, "none", path)
+            return _Staged(f"{algo}:{blob_h.hexdigest()}", written, "gzip", path, plain)
+        return _Staged(f"{algo}:{blob_h.hexdigest()}", n, "none", path, plain)
 
-    def _stage_compressed(self, src: IO[bytes], first: bytes, algo: str, compression: str,
-                          keep: bool) -> _Staged:
-        """Keep the bytes as they are; their DiffID is hashed by an :class:`_Inflater`."""
-        blob_h = hashlib.new(algo)
+    def _stage_compressed(self, src: IO[bytes], first: bytes, algo: str, compression: str, *,
+                          keep: bool, recorded: _Future | None, inline: bool) -> _Staged:
+        """Keep the bytes as they are, hashed on the way. Their DiffID: ``recorded`` (the
+        cache's), else inflated in this pass (``inline``), else by a worker from the
+        staged file, which it reads from the page cache while this thread reads on (or
+        from the cache's copy of the blob, see :meth:`cached_uncompressed`)."""
         path, out = self._new_file() if keep else (None, None)
-        size = 0
-        inflater = _Inflater()
-        inflater.start()
+        tee = _Tee(src, first, algo, out)
         try:
-            chunk = first
-            while chunk:
-                inflater.feed(chunk)
-                blob_h.update(chunk)
-                size += len(chunk)
-                if out is not None:
-                    out.write(chunk)
-                chunk = src.read(_CHUNK)
+            uncompressed = recorded
+            if uncompressed is None and inline:
+                uncompressed = _Future(_inflated(tee, self.workers.stop))  # type: ignore[arg-type]
+            tee.drain()
+            digest = f"{algo}:{tee.hash.hexdigest()}"
             if out is not None:
                 out.flush()
-                os.fsync(out.fileno())
-        finally:
-            inflater.finish()
+            if uncompressed is None:
+                staged_path = path
+                uncompressed = (self.cached_uncompressed(digest, eager=True) if staged_path is None
+                                else self.workers.submit(
+                                    lambda: _inflated_file(staged_path, self.workers.stop)))
+        except BaseException:
             if out is not None:
                 out.close()
-        return _Staged(f"{algo}:{blob_h.hexdigest()}", size, inflater.diff_id, inflater.size,
-                       compression, path)
+            raise
+        if out is not None:
+            self._sync_and_close(out)
+        return _Staged(digest, tee.size, compression, path, uncompressed)
+
+    def _recorded(self, digest: str) -> _Future | None:
+        """The DiffID the cache's meta records for a blob it holds (it verified it then)."""
+        meta = self.store.get_meta(digest)
+        diff_id, size = meta.get("diff_id"), meta.get("uncompressed_size")
+        if isinstance(diff_id, str) and isinstance(size, int):
+            return _Future((diff_id, size))
+        return None
+
+    def cached_uncompressed(self, digest: str, *, eager: bool = False) -> _Future:
+        """The DiffID of a blob the cache holds: as recorded in its meta, else inflated from
+        the cached copy, by a worker at once (``eager``: it is a layer) or on first use.
+        Not a cached blob at all (a corrupt member's digest): unknown, and the member is
+        refused for its digest anyway."""
+        recorded = self._recorded(digest)
+        if recorded is not None:
+            return recorded
+        if not self.store.has_blob(digest):
+            return _Future((None, None))
+        stop = self.workers.stop
+
+        def work() -> tuple[str | None, int | None]:
+            with self.store.open_blob(digest) as raw:  # checks the cached copy's digest at EOF
+                return _inflated(raw, stop)  # type: ignore[arg-type]
+        return self.workers.submit(work) if eager else _Future.later(work)
 
     def gzip_staged(self, staged: _Staged) -> _Staged:
         """Compress a staged plain layer (a docker-archive whose layers sit under blobs/)."""
@@ -582,7 +773,8 @@ class _Staging:
         return staged.path.read_bytes()
 
     def commit(self, staged: _Staged) -> None:
-        """Move a verified staged blob into blobs/ (unless the cache has it by now)."""
+        """Move a verified staged blob into blobs/ (unless the cache has it by now), and
+        record its DiffID in the cache's meta: loading it again need not inflate it."""
         store = self.store
         if staged.path is not None:
             with store.lock_blob(staged.digest):
@@ -591,7 +783,7 @@ class _Staging:
                     final.parent.mkdir(parents=True, exist_ok=True)
                     os.chmod(staged.path, 0o644)
                     os.replace(staged.path, final)
-        if staged.diff_id and staged.compression != "none":
+        if staged.compression != "none" and staged.uncompressed.ready() and staged.diff_id:
             meta = store.get_meta(staged.digest)
             want = {"diff_id": staged.diff_id, "uncompressed_size": staged.uncompressed_size}
             if any(meta.get(k) != v for k, v in want.items()):
@@ -600,6 +792,11 @@ class _Staging:
     def put(self, data: bytes) -> _Staged:
         """Small content made by the load itself (a manifest), staged like a member."""
         return self.stage(io.BytesIO(data))
+
+
+def _inflated_file(path: Path, stop: threading.Event) -> tuple[str | None, int | None]:
+    with open(path, "rb") as raw:
+        return _inflated(raw, stop)
 
 
 def known_layers(store: Store) -> dict[str, Descriptor]:
@@ -647,6 +844,27 @@ class _Loaded:
     registry_media_type: str | None
 
 
+def _open_tar(f: IO[bytes]) -> tuple[tarfile.TarFile, bool]:
+    """``(tar, by_offset)``: an archive file is read by offset (its members' data can then
+    be read side by side); a pipe, or an archive compressed as a whole, as a stream."""
+    import tarfile
+    try:
+        start = f.tell() if f.seekable() else None
+    except OSError:
+        start = None
+    if start is not None:
+        try:
+            return tarfile.open(fileobj=f, mode="r:"), True
+        except tarfile.ReadError:
+            f.seek(start)  # not a plain tar: perhaps a compressed one
+    return tarfile.open(fileobj=f, mode="r|*", bufsize=_CHUNK), False
+
+
+def _is_json(name: str) -> bool:
+    """A member read whole and parsed (so capped): indexes, manifests, docker configs."""
+    return name in _META_NAMES or (name.endswith(".json") and not name.startswith("blobs/"))
+
+
 class _Loader:
     """Reads one archive into a staging room, checks it whole, then commits it."""
 
@@ -672,9 +890,15 @@ class _Loader:
         import tarfile
         import zlib
         try:
-            with tarfile.open(fileobj=f, mode="r|*", bufsize=_CHUNK) as tar:
-                for member in tar:
-                    self._member(tar, member)
+            tar, by_offset = _open_tar(f)
+            with tar:
+                if by_offset:
+                    self._read_side_by_side(f, tar)
+                else:
+                    for m in tar:
+                        name = self._name(m)
+                        if name is not None:
+                            self._take(name, m, tar.extractfile(m))  # type: ignore[arg-type]
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull("no space left on the cache's file system while loading") from None
@@ -682,36 +906,73 @@ class _Loader:
         except (tarfile.TarError, EOFError, zlib.error) as e:
             raise ArchiveError(f"archive is corrupt or truncated ({e})") from None
 
-    def _member(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+    def _name(self, m: tarfile.TarInfo) -> str | None:
+        """The normalised name of a member whose data counts; links are noted as aliases."""
         name = os.path.normpath(m.name).lstrip("/")
         if m.issym() or m.islnk():
             target = m.linkname if m.islnk() else os.path.join(os.path.dirname(name), m.linkname)
             self.aliases[name] = os.path.normpath(target).lstrip("/")
-            return
-        if not m.isfile():
-            return
-        src = tar.extractfile(m)
-        assert src is not None
-        if name in _META_NAMES or (name.endswith(".json") and not name.startswith("blobs/")):
-            self._meta_bytes += m.size
-            if m.size > _MAX_JSON or self._meta_bytes > 4 * _MAX_JSON:
-                raise ArchiveError(f"archive member {name} makes its JSON files larger than we read "
-                                   f"({4 * _MAX_JSON >> 20} MiB in all, {_MAX_JSON >> 20} MiB each)")
-            self.meta[name] = src.read()
+            return None
+        return name if m.isfile() else None
+
+    def _take(self, name: str, m: tarfile.TarInfo, src: IO[bytes]) -> None:
+        """One member of an archive read as a stream, in order."""
+        if _is_json(name):
+            self._read_json(name, m.size, src)
             return
         self.emit({"event": "archive-member", "name": name, "size": m.size})
+        self._add(name, self._stage_member(name, src, inline=False))
+
+    def _read_side_by_side(self, f: IO[bytes], tar: tarfile.TarFile) -> None:
+        """An archive file: its headers first, its JSON files read at once, then every other
+        member staged by the workers in one pass each, largest first (it finishes last)."""
+        lock = threading.Lock()
+        blobs = []
+        for m in tar.getmembers():
+            name = self._name(m)
+            if name is None:
+                continue
+            if _is_json(name):
+                self._read_json(name, m.size, tar.extractfile(m))  # type: ignore[arg-type]
+            else:
+                self.emit({"event": "archive-member", "name": name, "size": m.size})
+                blobs.append((name, m))
+        if any(not _BLOB_NAME.match(name) for name, _ in blobs):
+            self.known()  # worked out here, not by racing workers
+        order = sorted(range(len(blobs)), key=lambda i: -blobs[i][1].size)
+        futures: dict[int, _Future] = {}
+        for i in order:
+            name, m = blobs[i]
+            src = _Slice(f, lock, m.offset_data, m.size)
+            futures[i] = self.staging.workers.submit(
+                lambda name=name, src=src: self._stage_member(name, src, inline=True))  # type: ignore[misc]
+        for i, (name, _) in enumerate(blobs):  # archive order: the first of equal blobs wins
+            self._add(name, futures[i].get())
+
+    def _read_json(self, name: str, size: int, src: IO[bytes]) -> None:
+        self._meta_bytes += size
+        if size > _MAX_JSON or self._meta_bytes > 4 * _MAX_JSON:
+            raise ArchiveError(f"archive member {name} makes its JSON files larger than we read "
+                               f"({4 * _MAX_JSON >> 20} MiB in all, {_MAX_JSON >> 20} MiB each)")
+        self.meta[name] = src.read()
+
+    def _stage_member(self, name: str, src: IO[bytes], *, inline: bool) -> _Staged:
+        """A blob (``blobs/ALG/HEX``: checked against its name) or a docker-archive layer (a
+        plain tar, gzipped unless the cache holds it compressed already)."""
         blob = _BLOB_NAME.match(name)
         if blob:
-            staged = self.staging.stage(src, expect=f"{blob[1]}:{blob[2]}")
-        else:
-            hint = _DIFF_NAME.match(os.path.basename(name))
-            known = self.known().get(f"sha256:{hint[1]}") if hint else None
-            staged = self.staging.stage(src, recompress=True, known=known)
-            if known is not None and staged.path is None:
-                if staged.diff_id != f"sha256:{hint[1]}":  # type: ignore[index]
-                    raise ArchiveError(f"layer {name} does not match the DiffID its name claims")
-                staged = _Staged(known.digest, known.size, staged.diff_id, staged.size,
-                                 _compression_of(known), None)
+            return self.staging.stage(src, expect=f"{blob[1]}:{blob[2]}", inline=inline)
+        hint = _DIFF_NAME.match(os.path.basename(name))
+        known = self.known().get(f"sha256:{hint[1]}") if hint else None
+        staged = self.staging.stage(src, recompress=True, known=known, inline=inline)
+        if known is not None and staged.path is None:
+            if staged.diff_id != f"sha256:{hint[1]}":  # type: ignore[index]
+                raise ArchiveError(f"layer {name} does not match the DiffID its name claims")
+            staged = _Staged(known.digest, known.size, _compression_of(known), None,
+                             staged.uncompressed)
+        return staged
+
+    def _add(self, name: str, staged: _Staged) -> None:
         self.members[name] = staged
         self.by_digest.setdefault(staged.digest, staged)
 
@@ -740,9 +1001,7 @@ class _Loader:
                 self.by_digest[digest] = staged
         if staged is None and self.store.has_blob(digest, size):
             size = size if size is not None else self.store.blob_path(digest).stat().st_size
-            meta = self.store.get_meta(digest)
-            staged = _Staged(digest, size, meta.get("diff_id"), meta.get("uncompressed_size"),
-                             "unknown", None)
+            staged = _Staged(digest, size, "unknown", None, self.staging.cached_uncompressed(digest))
         if staged is not None and size is not None and staged.size != size:
             raise ArchiveError(f"blob {digest} is {staged.size} bytes, its descriptor says {size}")
         return staged
@@ -780,10 +1039,13 @@ class _Loader:
         if len(diff_ids) != len(m.layers):
             raise ArchiveError(f"image {desc.digest}: {len(m.layers)} layers but "
                                f"{len(diff_ids)} diff_ids in its config")
-        for layer, diff_id in zip(m.layers, diff_ids):
-            staged = self._need(layer.digest, layer.size, "layer")
-            if staged.diff_id is not None and staged.diff_id != diff_id:
-                raise ArchiveError(f"layer {layer.digest} does not match its diff_id {diff_id}")
+        # every layer first, then their DiffIDs: from a layout directory, staging a layer
+        # starts its inflating on a worker, so the layers are inflated side by side
+        staged = [self._need(layer.digest, layer.size, "layer") for layer in m.layers]
+        for layer, one, diff_id in zip(m.layers, staged, diff_ids):
+            if one.diff_id != diff_id:
+                why = " (it does not decompress)" if one.diff_id is None else ""
+                raise ArchiveError(f"layer {layer.digest} does not match its diff_id {diff_id}{why}")
         return m
 
     def _oci_refs(self) -> list[_Loaded]:
@@ -895,14 +1157,15 @@ class _Loader:
     def _recompressed(self, staged: _Staged) -> _Staged:
         known = self.known().get(staged.diff_id or "")
         if known is not None:
-            return _Staged(known.digest, known.size, staged.diff_id, staged.size,
-                           _compression_of(known), None)
+            return _Staged(known.digest, known.size, _compression_of(known), None,
+                           staged.uncompressed)
         return self.staging.gzip_staged(staged)
 
     # -- writing --
     def commit(self, refs: list[_Loaded]) -> None:
         """Blobs into the cache first, refs last: a crash in between leaves only blobs that
         prune can collect, never a ref to something missing."""
+        self.staging.synced()
         self.store.ensure()
         for staged in self.used.values():
             self.staging.commit(staged)

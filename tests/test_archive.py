@@ -594,6 +594,138 @@ def test_a_multi_platform_oci_layout_loads_every_platform(tmp_path):
     assert cache_state(target.root) == before
 
 
+# --- load: what it checks, and the work it spares -----------------------------------------
+
+class Pipe(io.RawIOBase):
+    """An archive as a pipe gives it: read in order, no seeking (``puller save | puller load``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        return self._data.readinto(b)
+
+
+def oci_archive(img, ref: str) -> bytes:
+    """``img`` (a fixtures image) as an OCI archive naming it ``ref``."""
+    files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}'}
+    for digest, data in {**img.blobs, img.digest: img.manifest}.items():
+        files[f"blobs/sha256/{digest.split(':')[1]}"] = data
+    entry = {"mediaType": img.media_type, "size": len(img.manifest), "digest": img.digest,
+             "annotations": {"org.opencontainers.image.ref.name": ref}}
+    files["index.json"] = json.dumps({"schemaVersion": 2, "manifests": [entry]}).encode()
+    return write_tar(files)
+
+
+def with_layer_blob(img, blob: bytes):
+    """``img`` whose first layer blob is ``blob`` instead (its config left as it was)."""
+    import dataclasses
+    doc = json.loads(img.manifest)
+    old = doc["layers"][0]["digest"]
+    doc["layers"][0] |= {"digest": sha256(blob), "size": len(blob)}
+    blobs = {d: b for d, b in img.blobs.items() if d != old} | {sha256(blob): blob}
+    return dataclasses.replace(img, manifest=json.dumps(doc).encode(),
+                               layers=[blob, *img.layers[1:]], blobs=blobs)
+
+
+def with_diff_ids(img, diff_ids: list[str]):
+    """``img`` whose config claims ``diff_ids`` instead."""
+    import dataclasses
+    config = json.loads(img.config)
+    config["rootfs"]["diff_ids"] = diff_ids
+    raw = json.dumps(config).encode()
+    doc = json.loads(img.manifest)
+    doc["config"] |= {"digest": sha256(raw), "size": len(raw)}
+    blobs = {d: b for d, b in img.blobs.items() if d != sha256(img.config)} | {sha256(raw): raw}
+    return dataclasses.replace(img, manifest=json.dumps(doc).encode(), config=raw,
+                               diff_ids=diff_ids, blobs=blobs)
+
+
+def small_image():
+    from fixtures.images import F, build_image, tar_layer
+    return build_image([tar_layer(F("etc/a", b"a" * 5000)), tar_layer(F("etc/b", b"b" * 300)),
+                        tar_layer(F("etc/c", b"c"))], fmt="oci")
+
+
+def open_as(kind: str, data: bytes):
+    return io.BytesIO(data) if kind == "file" else Pipe(data)
+
+
+@pytest.mark.parametrize("kind", ["file", "pipe"])
+def test_reloading_does_not_inflate_layers_whose_diff_id_the_cache_recorded(tmp_path, monkeypatch,
+                                                                            kind):
+    import puller.layer.decode
+    img = small_image()
+    data = oci_archive(img, "example.com/small/img:1")
+    target = Store(tmp_path / "target")
+    assert load(open_as(kind, data), target) == ["example.com/small/img:1"]
+    for digest, diff_id in zip(img.layer_digests, img.diff_ids):
+        assert target.get_meta(digest)["diff_id"] == diff_id  # learnt while verifying
+    inflated = []
+
+    class Spy(puller.layer.decode.Decoded):
+        def __init__(self, *args, **kwargs) -> None:
+            inflated.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(puller.layer.decode, "Decoded", Spy)
+    before = cache_state(target.root)
+    assert load(open_as(kind, data), target) == ["example.com/small/img:1"]
+    assert inflated == []
+    assert cache_state(target.root) == before
+    # without the record, the same load inflates every layer again (and checks it)
+    for digest in img.layer_digests:
+        target.meta_path(digest).unlink()
+    assert load(open_as(kind, data), target) == ["example.com/small/img:1"]
+    assert len(inflated) == len(img.layers)
+
+
+@pytest.mark.parametrize("kind", ["file", "pipe"])
+def test_a_layer_that_does_not_decompress_is_refused(tmp_path, kind):
+    """Its digest is right (it is the manifest's blob), but it is no gzip stream at all:
+    there is no DiffID to agree with the config's, so the image is refused."""
+    img = with_layer_blob(small_image(), b"\x1f\x8b\x08\x00" + b"\xff" * 200)
+    target = Store(tmp_path / "target")
+    with pytest.raises(ArchiveError, match="does not decompress") as e:
+        load(open_as(kind, oci_archive(img, "example.com/small/bad:1")), target)
+    assert "\n" not in str(e.value)
+    assert cache_state(target.root).keys() <= {"oci-layout", "index.json"}
+    assert not any((target.root / "tmp").iterdir())
+
+
+def test_a_layer_only_the_cache_holds_is_checked_too(tmp_path):
+    """An OCI layout without a layer blob that the cache holds (pulled: no DiffID recorded):
+    the cached blob is inflated to check the config's DiffID, and the DiffID is recorded."""
+    from fixtures.images import write_oci_layout
+    img = small_image()
+    target = Store(tmp_path / "target")
+    target.put_bytes(img.layers[0])  # as a pull leaves it: the blob, no meta
+    wrong = with_diff_ids(img, [img.diff_ids[1], *img.diff_ids[1:]])
+    for name, image in (("wrong", wrong), ("right", img)):
+        layout = write_oci_layout(tmp_path / name, {f"example.com/small/{name}:1": image})
+        (layout / "blobs" / "sha256" / img.layer_digests[0].split(":")[1]).unlink()
+    with pytest.raises(ArchiveError, match="does not match its diff_id"):
+        load(tmp_path / "wrong", target)
+    assert target.get_meta(img.layer_digests[0]) == {}
+    assert load(tmp_path / "right", target) == ["example.com/small/right:1"]
+    assert target.get_meta(img.layer_digests[0])["diff_id"] == img.diff_ids[0]
+
+
+def test_an_archive_file_and_a_pipe_load_alike(tmp_path):
+    """A file is read by offset, its layers side by side; a pipe in order: same cache."""
+    img = small_image()
+    data = oci_archive(img, "example.com/small/img:1")
+    states = []
+    for kind in ("file", "pipe"):
+        target = Store(tmp_path / kind)
+        assert load(open_as(kind, data), target) == ["example.com/small/img:1"]
+        states.append({k: v[0::2] for k, v in cache_state(target.root).items()})  # no mtimes
+    assert states[0] == states[1]
+
+
 def test_save_writes_tarfile_s_own_headers():
     """The plain members save writes get a header made without tarfile, byte for byte the
     one tarfile makes; a name too long for it goes through tarfile (a PAX header)."""
