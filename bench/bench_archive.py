@@ -13,14 +13,16 @@ into a fresh cache (not timed). Rows, each timing both tools as subprocesses:
   (both gzip the plain layers again)
 * load oci:    ``puller load`` vs ``skopeo copy oci-archive:IN oci:EMPTY``
 
-The sides of a row alternate run by run, so load on the machine hits them alike. Columns:
-``puller`` is the console script as installed (through typer, whose start-up builds every
-command of the group and imports pydantic when installed: more than skopeo's whole copy
-of a small image); ``argparse`` is the same command through ``puller.cli.archive.main``,
-which is what ``puller save|load`` runs once ``entry.py`` dispatches them before typer
-(as it does ``pull``); ``in-proc`` is that command's work inside this process, imports
-warm. skopeo does not inflate an OCI archive's layers to check their DiffIDs; ``puller
-load`` does, so that row keeps a cost skopeo does not pay.
+The sides of a row alternate run by run, so load on the machine hits them alike; puller's
+sources are byte-compiled first, as an installed package's are (a PYTHONDONTWRITEBYTECODE
+shell would compile every module on every run). Columns: ``puller`` is the console script as
+installed, whose ``entry.py`` hands ``save`` and ``load`` to ``puller.cli.archive.main``
+(argparse) before typer is ever imported; ``argparse`` runs that same ``main`` through
+``python -c``, without the console script (which also skips the interpreter's teardown: the
+two columns differ by that alone); ``in-proc`` is the command's work inside this process,
+imports warm. skopeo does not inflate an OCI
+archive's layers to check their DiffIDs; ``puller load`` does (every layer in one pass, the
+layers side by side), so that row keeps a cost skopeo does not pay.
 """
 from __future__ import annotations
 
@@ -111,6 +113,8 @@ def main() -> int:
     if not shutil.which("skopeo"):
         print("skopeo is not installed: nothing to compare with")
         return 1
+    import compileall
+    compileall.compile_dir(str(REPO / "puller"), quiet=1)
     from puller.cli.archive import _RUN as RUN
     from puller.cli.archive import build_parser
     n = max(3, args.n)
