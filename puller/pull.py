@@ -204,7 +204,9 @@ def _fetch_image(reg, store: Store, repo: str, m: Manifest, emit, jobs: int, cou
         return
     # Plain threads taking from one list: concurrent.futures would cost more to import
     # (it brings logging) than this whole loop.
-    pending, errors = list(reversed(todo)), []
+    # Largest first: the biggest blob is the critical path, so it gets the first thread
+    # and the first connection (pop() takes from the end).
+    pending, errors = sorted(todo, key=lambda d: d.size), []
 
     def worker() -> None:
         while True:
