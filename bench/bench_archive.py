@@ -3,9 +3,11 @@ same formats, side by side: medians of N runs each, printed as ratios to skopeo.
 
     .venv/bin/python bench/bench_archive.py [-n 5] [--mb 40]
 
-The image is built from host files (``/usr/lib``, ``/usr/bin``...: real binaries, which
-compress like real images do) in three gzip layers, written as an OCI layout and loaded
-into a fresh cache (not timed). Rows, each timing both tools as subprocesses:
+Two images, each written as an OCI layout and loaded into a fresh cache (not timed):
+the pull bench's image, ~40 MB as a registry counts it (compressed: a Debian tree, the
+Python standard library, 17 MB of incompressible data), and ``--mb`` MB (uncompressed) of
+host binaries (``/usr/lib``, ``/usr/bin``...) in three gzip layers, 16 MB compressed, the
+case with the most inflating per byte. Rows, each timing both tools as subprocesses:
 
 * save docker: ``puller save`` vs ``skopeo copy oci:CACHE:REF docker-archive:OUT``
 * save oci:    ``puller save --format oci`` vs ``skopeo copy oci:CACHE:REF oci-archive:OUT``
@@ -38,6 +40,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench._common import byte_compile, registry_sized_image  # noqa: E402 - after the path is set
 PULLER = str(Path(sys.executable).parent / "puller")
 REF = "docker.io/bench/host:1"
 # what ``puller save|load ...`` runs once entry.py dispatches these commands before typer
@@ -66,21 +70,25 @@ def host_files(limit: int) -> list[Path]:
     return picked
 
 
-def build_cache(work: Path, mb: int) -> Path:
-    from fixtures.images import F, build_image, tar_layer, write_oci_layout
-    from puller.archive import load
-    from puller.store import Store
+def host_image(work: Path, mb: int):
+    """``mb`` MB of host binaries (uncompressed) in three layers: the most inflating per byte."""
+    from fixtures.images import F, build_image, tar_layer
     files = host_files(mb << 20)
     thirds = [files[i::3] for i in range(3)]
     layers = [tar_layer(*[F(str(p).lstrip("/"), p.read_bytes(), 0o755) for p in part])
               for part in thirds]
-    image = build_image(layers, fmt="oci")
+    return f"{len(files)} host files", build_image(layers, fmt="oci")
+
+
+def build_cache(work: Path, what: str, image) -> Path:
+    from fixtures.images import write_oci_layout
+    from puller.archive import load
+    from puller.store import Store
     layout = write_oci_layout(work / "layout", {REF: image})
     cache = work / "cache"
     load(layout, Store(cache))
-    size = sum(len(t) for t in layers)
-    print(f"image: {len(files)} host files, {size / 1e6:.1f} MB uncompressed, "
-          f"{sum(len(b) for b in image.layers) / 1e6:.1f} MB gzip, 3 layers")
+    print(f"image: {what}, {sum(len(b) for b in image.layers) / 1e6:.1f} MB gzip "
+          f"(as a registry counts it), {len(image.layers)} layers")
     return cache
 
 
@@ -108,55 +116,61 @@ def fresh(*paths: Path):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=5, help="runs per side of a row (>= 3)")
-    ap.add_argument("--mb", type=int, default=40, help="uncompressed image size in MB")
+    ap.add_argument("--mb", type=int, default=40, help="uncompressed size of the host-files image in MB")
     args = ap.parse_args()
     if not shutil.which("skopeo"):
         print("skopeo is not installed: nothing to compare with")
         return 1
-    import compileall
-    compileall.compile_dir(str(REPO / "puller"), quiet=1)
+    byte_compile()
     from puller.cli.archive import _RUN as RUN
     from puller.cli.archive import build_parser
     n = max(3, args.n)
-    work = Path(tempfile.mkdtemp(prefix="bench-archive-"))
-    try:
-        cache = build_cache(work, args.mb)
-        sk = ["skopeo", "--insecure-policy", "copy", "-q"]
-        docker_in, oci_in = work / "in.docker.tar", work / "in.oci.tar"
-        subprocess.run([PULLER, "save", "--cache", str(cache), "-q", REF, "-o", str(docker_in)], check=True)
-        subprocess.run([PULLER, "save", "--cache", str(cache), "-q", "--format", "oci", REF,
-                        "-o", str(oci_in)], check=True)
-        out, empty = work / "out.tar", work / "empty"
-        rows = [
-            ("save docker", ["save", "--cache", str(cache), "-q", REF, "-o", str(out)],
-             sk + [f"oci:{cache}:{REF}", f"docker-archive:{out}:{REF}"], fresh(out)),
-            ("save oci", ["save", "--cache", str(cache), "-q", "--format", "oci", REF, "-o", str(out)],
-             sk + [f"oci:{cache}:{REF}", f"oci-archive:{out}:{REF}"], fresh(out)),
-            ("load docker", ["load", "--cache", str(empty), "-q", "-i", str(docker_in)],
-             sk + [f"docker-archive:{docker_in}", f"oci:{empty}:{REF}"], fresh(empty)),
-            ("load oci", ["load", "--cache", str(empty), "-q", "-i", str(oci_in)],
-             sk + [f"oci-archive:{oci_in}:{REF}", f"oci:{empty}:{REF}"], fresh(empty)),
-        ]
-        print(f"medians of {n} runs each (lower is better; target <= 1.0x); ratios to skopeo")
-        print(f"{'row':<12} {'skopeo':>8} {'puller':>8} {'ratio':>6} {'argparse':>9} {'ratio':>6}"
-              f" {'in-proc':>8} {'ratio':>6}")
-        for name, args_, theirs_cmd, reset in rows:
-            times: dict[str, list[float]] = {"skopeo": [], "puller": [], "lean": [], "call": []}
-            for _ in range(n):
-                times["skopeo"].append(timed(theirs_cmd, reset))
-                times["puller"].append(timed([PULLER, *args_], reset))
-                times["lean"].append(timed([sys.executable, "-c", LEAN, *args_], reset))
-                reset()
-                start = time.perf_counter()
-                ns = build_parser(args_[0]).parse_args(args_[1:])
-                RUN[args_[0]](ns)
-                times["call"].append(time.perf_counter() - start)
-            sko, ours, lean, call = (statistics.median(times[k]) for k in ("skopeo", "puller", "lean", "call"))
-            print(f"{name:<12} {sko:7.3f}s {ours:7.3f}s {ours / sko:5.2f}x {lean:8.3f}s {lean / sko:5.2f}x"
-                  f" {call:7.3f}s {call / sko:5.2f}x")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    for make in (lambda w: ("the pull bench's image (a Debian tree, Python's stdlib, 17 MB of "
+                            "incompressible data)", registry_sized_image(w, fmt="oci")),
+                 lambda w: host_image(w, args.mb)):
+        work = Path(tempfile.mkdtemp(prefix="bench-archive-"))
+        try:
+            bench_image(work, *make(work), n, RUN, build_parser)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def bench_image(work: Path, what: str, image, n: int, RUN, build_parser) -> None:
+    cache = build_cache(work, what, image)
+    sk = ["skopeo", "--insecure-policy", "copy", "-q"]
+    docker_in, oci_in = work / "in.docker.tar", work / "in.oci.tar"
+    subprocess.run([PULLER, "save", "--cache", str(cache), "-q", REF, "-o", str(docker_in)], check=True)
+    subprocess.run([PULLER, "save", "--cache", str(cache), "-q", "--format", "oci", REF,
+                    "-o", str(oci_in)], check=True)
+    out, empty = work / "out.tar", work / "empty"
+    rows = [
+        ("save docker", ["save", "--cache", str(cache), "-q", REF, "-o", str(out)],
+         sk + [f"oci:{cache}:{REF}", f"docker-archive:{out}:{REF}"], fresh(out)),
+        ("save oci", ["save", "--cache", str(cache), "-q", "--format", "oci", REF, "-o", str(out)],
+         sk + [f"oci:{cache}:{REF}", f"oci-archive:{out}:{REF}"], fresh(out)),
+        ("load docker", ["load", "--cache", str(empty), "-q", "-i", str(docker_in)],
+         sk + [f"docker-archive:{docker_in}", f"oci:{empty}:{REF}"], fresh(empty)),
+        ("load oci", ["load", "--cache", str(empty), "-q", "-i", str(oci_in)],
+         sk + [f"oci-archive:{oci_in}:{REF}", f"oci:{empty}:{REF}"], fresh(empty)),
+    ]
+    print(f"medians of {n} runs each (lower is better; target <= 1.0x); ratios to skopeo")
+    print(f"{'row':<12} {'skopeo':>8} {'puller':>8} {'ratio':>6} {'argparse':>9} {'ratio':>6}"
+          f" {'in-proc':>8} {'ratio':>6}")
+    for name, args_, theirs_cmd, reset in rows:
+        times: dict[str, list[float]] = {"skopeo": [], "puller": [], "lean": [], "call": []}
+        for _ in range(n):
+            times["skopeo"].append(timed(theirs_cmd, reset))
+            times["puller"].append(timed([PULLER, *args_], reset))
+            times["lean"].append(timed([sys.executable, "-c", LEAN, *args_], reset))
+            reset()
+            start = time.perf_counter()
+            ns = build_parser(args_[0]).parse_args(args_[1:])
+            RUN[args_[0]](ns)
+            times["call"].append(time.perf_counter() - start)
+        sko, ours, lean, call = (statistics.median(times[k]) for k in ("skopeo", "puller", "lean", "call"))
+        print(f"{name:<12} {sko:7.3f}s {ours:7.3f}s {ours / sko:5.2f}x {lean:8.3f}s {lean / sko:5.2f}x"
+              f" {call:7.3f}s {call / sko:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import byte_compile
 from fixtures.images import build_image, write_oci_layout
 
 PULLER = [str(Path(sys.executable).parent / "puller")]
@@ -137,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     runs = max(3, parser.parse_args().runs)
+    byte_compile()
     base = host_tar(BASE)
     upper_a = with_changes(host_tar(["usr/share/cmake-3.25"]),
                            {"usr/lib/python3.11/os.py": b"# replaced\n"}, [])

@@ -1,6 +1,6 @@
 """Pull benchmarks, side by side with skopeo in one run, against one local registry.
 
-Rows (medians of --runs runs, default 3):
+Rows (medians of --runs runs, default 7; the sides alternate run by run):
   cold pull   puller pull into an empty cache   vs  skopeo copy docker://... oci:EMPTY
   warm pull   puller pull of an unchanged tag   vs  skopeo copy again into the same layout
   resume      puller pull through a link that drops the connection twice: bytes fetched
@@ -13,7 +13,6 @@ Usage: .venv/bin/python bench/bench_pull.py [--runs N]
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
 import statistics
 import subprocess
@@ -24,24 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fixtures.distro import distro_tar
-from fixtures.images import F, build_image, tar_layer
+from bench._common import byte_compile, registry_sized_image
 from fixtures.netfaults import ThrottleProxy
 from fixtures.push import Pusher
 from fixtures.registry import RegistryProcess
 
 PULLER = str(Path(sys.executable).parent / "puller")
-
-
-def python_layer(work: Path) -> bytes:
-    """A second real layer: the host's Python standard library."""
-    out = work / "py.tar"
-    if not out.exists():
-        src = next(p for p in (Path("/usr/lib/python3.11"), Path(sys.prefix) / "lib")
-                   if p.exists())
-        subprocess.run(["tar", "-C", "/", "--format=posix", "--exclude=__pycache__", "-cf", str(out),
-                        str(src).lstrip("/")], check=True, capture_output=True)
-    return out.read_bytes()
 
 
 def timed(cmd: list[str]) -> float:
@@ -56,15 +43,13 @@ def med(xs: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=7)
     args = ap.parse_args()
+    byte_compile()
     work = Path(tempfile.mkdtemp(prefix="bench-pull-"))
     reg = RegistryProcess.start(work / "registry")
     try:
-        # ~40 MB compressed: two real layers plus one of incompressible data (like media or
-        # already-compressed artefacts)
-        noise = tar_layer(F("srv/assets.bin", random.Random(5).randbytes(17 * 1024 * 1024)))
-        img = build_image([distro_tar(work), python_layer(work), noise])
+        img = registry_sized_image(work)
         size = sum(len(b) for b in img.blobs.values()) + len(img.manifest)
         Pusher(reg.url).push("library/bench", "1", img)
         ref = f"{reg.host}/library/bench:1"

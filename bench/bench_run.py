@@ -25,6 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._common import byte_compile  # noqa: E402 - after the path is set
+
 
 def _time(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall time, and CPU time (user + sys of the whole process tree: steadier under load)."""
@@ -66,11 +68,7 @@ def main() -> int:
     ap.add_argument("--cache")
     args = ap.parse_args()
     n = max(args.n, 10)
-    # An installed package has byte-compiled modules; a checkout under
-    # PYTHONDONTWRITEBYTECODE=1 would recompile every module on every run.
-    import compileall
-    for pkg in ("puller", "runner"):
-        compileall.compile_dir(str(REPO / pkg), quiet=1)
+    byte_compile()
     work = Path(tempfile.mkdtemp(prefix="puller-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULLER_")}
     env["TMPDIR"] = str(work)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import byte_compile
 from fixtures.distro import distro_tar, small_files_tar
 from fixtures.images import build_image, write_oci_layout
 from puller.layer.applier import remove_tree
@@ -91,6 +92,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cli", action="store_true", help="time `puller unpack --layout`")
     args = ap.parse_args()
+    byte_compile()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; medians of {args.runs} interleaved rounds")
     with tempfile.TemporaryDirectory(prefix="puller-bench-", dir="/var/tmp") as tmp:
         work = Path(tmp)
