@@ -11,6 +11,13 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     lean = _lean(args[0]) if args else None
     if lean is not None:  # hot paths parse with argparse: typer costs more than their work
+        if argv is None and args[0] == "pull":
+            # A process of its own, doing one pull: without the cyclic collector, which at
+            # start-up only rescans what the imports create, ~2.5 ms of a ~130 ms cold pull
+            # are saved, and the work makes no cycles to collect (chunks, events and
+            # responses are freed as their last reference goes).
+            import gc
+            gc.disable()
         code = lean(args[1:])
         if argv is None:
             _exit_now(code)
