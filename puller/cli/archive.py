@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .output import emit_json, run_lean, setup_logging
+from .parsing import Parser
 
 TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
 if TYPE_CHECKING:
@@ -32,11 +33,6 @@ HELP = {
     "import": "Make a one-layer image REF from a root file system tar.",
 }
 COMMANDS = tuple(HELP)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
 
 
 def _common(p: argparse.ArgumentParser, *, pulls: bool) -> None:
@@ -63,7 +59,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
              "load": "puller load [OPTIONS] [-i FILE|DIR|-]",
              "export": "puller export [OPTIONS] IMAGE [-o FILE|-]",
              "import": "puller import [OPTIONS] SRC REF"}[command]
-    p = _Parser(prog=f"puller {command}", usage=usage, description=HELP[command])
+    p = Parser(prog=f"puller {command}", usage=usage, description=HELP[command])
     add = p.add_argument
     if command in ("save", "export"):
         add("images", nargs="+" if command == "save" else 1, metavar="IMAGE")

@@ -47,6 +47,7 @@ from typing import Any
 from ..errors import PullerError, UsageError
 from .options import offline_default, progress_for, registry_options
 from .output import emit_json, fail, human_size, run_lean, setup_logging
+from .parsing import Parser
 
 __all__ = ["COMMANDS", "bar", "build_parser", "escape", "fold", "main", "register"]
 
@@ -62,11 +63,6 @@ HELP = {
 COMMANDS = tuple(HELP)
 _IMAGE_HELP = ("a ref (alpine:3.10, REF@sha256:...), oci:DIR[:REF] or "
                "docker-archive:FILE[:REF]; REF@N: its first N layers")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
 
 
 def _common(p: argparse.ArgumentParser, *, verbose_short: bool) -> None:
@@ -99,7 +95,7 @@ def _layer_number(text: str) -> int:
 
 def build_parser(command: str) -> argparse.ArgumentParser:
     """The argparse parser of one of :data:`COMMANDS`."""
-    p = _Parser(prog=f"puller {command}", description=HELP[command])
+    p = Parser(prog=f"puller {command}", description=HELP[command])
     add = p.add_argument
     if command == "diff":
         add("a", metavar="A", help=_IMAGE_HELP + " (with --layer: layer N)")

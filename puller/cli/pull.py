@@ -9,17 +9,13 @@ import sys
 
 from ..errors import UsageError
 from .output import emit_json, run_lean, setup_logging
+from .parsing import Parser
 
 __all__ = ["main", "build_parser"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="puller pull", usage="puller pull [OPTIONS] IMAGE",
+    p = Parser(prog="puller pull", usage="puller pull [OPTIONS] IMAGE",
                 description="Pull an image (or one platform of it) into the cache and print its digest.")
     add = p.add_argument
     add("image", metavar="IMAGE", help="e.g. alpine:3.10, ghcr.io/org/app@sha256:...")

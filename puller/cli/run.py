@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PullerError, RunError, UsageError
+from .parsing import Parser
 
 if TYPE_CHECKING:
     from runner import RunSpec
@@ -32,21 +33,6 @@ _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (-> 125, one line) instead of exiting with 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
-class _Formatter(argparse.HelpFormatter):
-    """argparse builds a formatter per add_argument; the stock one imports shutil (and
-    with it bz2 and lzma) to ask for the terminal width. Ask only when help is shown."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=int(os.environ.get("COLUMNS") or 0) or 100)
-
-
 def parse_bytes(text: str) -> int:
     """Docker's memory sizes: ``256m``, ``1g``, ``512MiB``, ``1048576`` (binary units)."""
     found = _BYTES.match(text.strip())
@@ -57,7 +43,7 @@ def parse_bytes(text: str) -> int:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The option table (Docker's names and meanings; ``-h`` is --hostname, as in Docker)."""
-    p = _Parser(prog=prog, add_help=False, formatter_class=_Formatter, usage=f"{prog} [OPTIONS] IMAGE [COMMAND [ARG...]]",
+    p = Parser(prog=prog, add_help=False, usage=f"{prog} [OPTIONS] IMAGE [COMMAND [ARG...]]",
                 description="Pull IMAGE if needed and run COMMAND in it, in new namespaces.")
     add = p.add_argument
     add("--help", action="help", help="show this help and exit")
