@@ -68,7 +68,7 @@ class Response:
 
     def iter_content(self, size: int = _BLOCK) -> Iterator[bytes]:
         """The body in pieces of at most ``size`` bytes, as they arrive: one socket read
-        each, no copy; a body that ends short of its Content-Length is an error."""
+        each, no extra copy; a body that ends short of its Content-Length is an error."""
         raw = self._raw
         while not self._done:
             chunk = self._guard(raw.read1, size)
