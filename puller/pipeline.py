@@ -112,7 +112,8 @@ class _Pulling:
         return lambda store: [opener(d) for d in m.layers]
 
     def image(self) -> CachedImage:
-        img = resolve(self.store, lookup_ref(self.store, self.ref), self.wanted)
+        entry = lookup_ref(self.store, self.ref)
+        img = resolve(self.store, entry, self.wanted) if entry is not None else None
         if img is None:
             raise CacheError(f"{self.ref.familiar} was pulled but is not complete in the cache")
         return img

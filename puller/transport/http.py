@@ -23,6 +23,10 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import NetworkError, TLSError
 
+TYPE_CHECKING = False  # typing costs an import on the pull path; only checkers need it
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["Client", "Response"]
 
 _BLOCK = 256 * 1024        # socket reads and body sends
@@ -159,7 +163,7 @@ class Client:
         self._contexts: dict[tuple[bool, str | None], ssl.SSLContext] = {}
 
     def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
-                body: bytes | object | None = None, timeout: tuple[float, float] = (10.0, 30.0),
+                body: Any = None, timeout: tuple[float, float] = (10.0, 30.0),
                 verify: bool = True) -> Response:
         """Send one request and return once the status line and headers are in.
 
@@ -236,7 +240,7 @@ class Client:
         except BaseException as e:
             conn.close()
             raise _error(e, netloc, timeout, connecting=True) from None
-        conn.sock.settimeout(timeout[1])  # type: ignore[union-attr] - from here on, the stall bound
+        conn.sock.settimeout(timeout[1])  # type: ignore[union-attr]  # from here on, the stall bound
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
         return conn
 
@@ -335,9 +339,8 @@ def _proxy_for(scheme: str, host: str, port: int) -> "tuple[tuple[str, int], str
         return None
     import urllib.request  # only when a proxy is configured: it is not cheap to import
     proxies = urllib.request.getproxies_environment()
-    if urllib.request.proxy_bypass_environment(f"{host}:{port}", proxies) or \
-            urllib.request.proxy_bypass_environment(host, proxies):
-        return None
+    if urllib.request.proxy_bypass(f"{host}:{port}") or urllib.request.proxy_bypass(host):
+        return None  # NO_PROXY (on Linux, proxy_bypass reads the environment)
     url = proxies.get(scheme) or proxies.get("all")
     if not url:
         return None

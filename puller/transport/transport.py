@@ -32,6 +32,7 @@ from .memo import AuthMemo
 
 TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
 if TYPE_CHECKING:
+    from email.message import Message
     from typing import Any
 
 __all__ = ["Transport", "RetryPolicy", "RateLimit", "USER_AGENT"]
@@ -69,7 +70,7 @@ class RateLimit:
     source: str | None
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> "RateLimit | None":
+    def from_headers(cls, headers: "Mapping[str, str] | Message") -> "RateLimit | None":
         lim, rem = headers.get("ratelimit-limit"), headers.get("ratelimit-remaining")
         if lim is None and rem is None:
             return None
@@ -193,7 +194,9 @@ class Transport:
 
     def _remembered(self) -> bool:
         """Take the ping's answer (and anonymous tokens) from the memo, if it has them."""
-        got = self.memo.ping(self.host) if self.memo is not None else None
+        if self.memo is None:
+            return False
+        got = self.memo.ping(self.host)
         if got is None or (self._scheme is not None and got[0] != self._scheme):
             return False
         self._scheme, self._challenge = got
