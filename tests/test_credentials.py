@@ -347,6 +347,19 @@ def test_helper_store_and_erase(config: Path, helper: Path) -> None:
     assert [verb for verb, _ in calls(helper)] == ["store", "get", "erase", "erase"]
 
 
+def test_an_identity_token_is_stored_instead_of_the_password(config: Path, helper: Path) -> None:
+    store("r.example", "alice", "secret-pw", identity_token="refresh-1", config_path=config)
+    entry = json.loads(config.read_text())["auths"]["r.example"]
+    assert entry == {"auth": b64("alice:"), "identitytoken": "refresh-1"}  # as Docker writes it
+    assert "secret-pw" not in config.read_text()
+    assert lookup("r.example", config_path=config) == Credentials("alice", None, "refresh-1")
+    write(config, {"credsStore": "test"})
+    store("docker.io", "alice", "secret-pw", identity_token="refresh-2", config_path=config)
+    assert json.loads((helper / "store.json").read_text()) == {
+        DOCKER_HUB_KEY: {"Username": "<token>", "Secret": "refresh-2"}}  # the helper protocol's marker
+    assert lookup("docker.io", config_path=config) == Credentials(identity_token="refresh-2")
+
+
 def test_every_error_is_a_puller_error(config: Path) -> None:
     write(config, {"auths": {"r.example": {"auth": 42}}})
     with pytest.raises(PullerError):

@@ -1,6 +1,7 @@
 """Pull against real registries: the cache layout, the request budget, auth, mirrors, errors."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -205,7 +206,6 @@ def test_token_auth_private_repo_needs_credentials(token_registry, token_server,
     with pytest.raises((NotFound, AuthError), match="not found or requires authentication|refused"):
         _pull(ref, cache_dir)
     cfg = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
-    import base64
     cfg.write_text(json.dumps({"auths": {token_registry.host: {"auth": base64.b64encode(b"alice:wonderland").decode()}}}))
     res = _pull(ref, cache_dir)
     assert res.digest == token_registry.images["private/secret:1"].digest
@@ -398,6 +398,23 @@ def test_identity_token_from_docker_config(token_registry, token_server, cache_d
     posts = [r for r in token_server.requests if r.method == "POST"]
     assert posts and posts[0].param("grant_type") == "refresh_token"
     assert all(r.authorization is None for r in posts)  # the refresh token is the credential
+
+
+def test_login_keeps_the_identity_token_not_the_password(token_registry, token_server, cache_dir):
+    """As ``docker login``: a token server that issues refresh tokens gets the password once."""
+    p = cli.run("login", "-u", "alice", "--password-stdin", token_registry.host, input="wonderland\n")
+    assert p.returncode == 0, p.stderr
+    cfg = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    entry = json.loads(cfg.read_text())["auths"][token_registry.host]
+    assert entry["identitytoken"] in token_server.refresh_tokens
+    assert base64.b64decode(entry["auth"]) == b"alice:" and "wonderland" not in cfg.read_text()
+    token_server.requests.clear()
+    p = cli.run("pull", "--cache", str(cache_dir), "--json", f"{token_registry.host}/private/secret:1")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["digest"] == token_registry.images["private/secret:1"].digest
+    assert [r.param("grant_type") for r in token_server.requests] == ["refresh_token"]
+    p = cli.run("login", "-u", "alice", "--password-stdin", token_registry.host, input="wrong\n")
+    assert p.returncode == 1 and "credentials refused" in p.stderr
 
 
 @pytest.mark.parametrize("fields", [("access_token",), ("token",)])

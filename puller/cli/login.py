@@ -38,24 +38,19 @@ def login_cmd(server: str = typer.Argument(None, metavar="[SERVER]"),
     if password is None:
         import getpass
         password = getpass.getpass("Password: ")
-    if verify:
-        _check(registry, username, password)
-    store(registry, username, password)
+    identity = _check(registry, username, password) if verify else None
+    store(registry, username, password, identity_token=identity)
     print("Login Succeeded")
     return 0
 
 
-def _check(registry: str, username: str, password: str) -> None:
-    """Ask the registry whether these credentials work: ping, then a token for no scope."""
+def _check(registry: str, username: str, password: str) -> str | None:
+    """Ask the registry whether these credentials work; return the identity token its
+    token server issued for them, if any (stored instead of the password)."""
     from ..registry import Registry, RegistryOptions
-    from ..errors import AuthError
     opts = RegistryOptions.build(username=username, password=password)
-    reg = Registry(registry, opts)
-    t = reg.primary
-    resp = t.request("GET", "/v2/")
-    if resp.status_code in (401, 403):
-        raise AuthError(f"login to {registry} failed: credentials refused", status=resp.status_code)
-    resp.close()
+    with Registry(registry, opts) as reg:
+        return reg.primary.login()
 
 
 @handle_errors

@@ -337,13 +337,16 @@ def containers_auth_files() -> list[Path]:
     return files
 
 
-def store(registry: str, username: str, password: str, *,
+def store(registry: str, username: str, password: str, *, identity_token: str | None = None,
           config_path: Path | None = None) -> None:
     """Save credentials for ``registry`` as ``docker login`` does (``puller login``).
 
     With a helper configured for the registry the secret goes to the helper and the file
     gets an empty ``auths`` entry (Docker's marker); otherwise the file stores
-    ``auths[key].auth``. Every other key in the file is kept.
+    ``auths[key].auth``. Given an ``identity_token`` (the registry's token server issued
+    one at login), that is the secret kept, not the password: ``auth`` then holds only
+    ``user:`` and ``identitytoken`` the token, as Docker writes them. Every other key in
+    the file is kept.
     """
     host = _checked_host(registry)
     if not isinstance(username, str) or not username or ":" in username:
@@ -359,8 +362,12 @@ def store(registry: str, username: str, password: str, *,
              if k not in (*_SECRET_FIELDS, "username")}
     helper = _helper_for(config, host, path)
     if helper is not None:
-        payload = json.dumps({"ServerURL": key, "Username": username, "Secret": password})
+        user, secret = (_TOKEN_USERNAME, identity_token) if identity_token else (username, password)
+        payload = json.dumps({"ServerURL": key, "Username": user, "Secret": secret})
         _run_helper(helper, "store", payload, path)
+    elif identity_token:
+        entry["auth"] = base64.b64encode(f"{username}:".encode()).decode("ascii")
+        entry["identitytoken"] = identity_token
     else:
         entry["auth"] = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
     config["auths"] = {**auths, key: entry}

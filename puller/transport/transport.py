@@ -336,6 +336,39 @@ class Transport:
             self.memo.save_token(self.host, scope or "", str(value), expires)
         return _Token(str(value), expires)
 
+    def login(self) -> str | None:
+        """Check the credentials with the registry, as ``docker login`` does, and return the
+        identity (refresh) token its token server gives for them, if it gives one: then the
+        password need not be stored at all."""
+        self._ensure_pinged()
+        challenge = self._challenge
+        if challenge is None or challenge[0] != "bearer" or not self._basic_header():
+            resp = self.request("GET", "/v2/")
+            status = resp.status_code
+            resp.close()
+            if status in (401, 403):
+                raise AuthError(f"login to {self.host} failed: credentials refused", status=status)
+            return None
+        realm = challenge[1].get("realm") or ""
+        query = {k: v for k, v in (("service", challenge[1].get("service")), ("offline_token", "true"),
+                                   ("client_id", "puller")) if v}
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        resp = self._token_request("GET", url, {"User-Agent": USER_AGENT,
+                                                "Authorization": self._basic_header() or ""})
+        if resp.status_code in (401, 403):
+            resp.close()
+            raise AuthError(f"login to {self.host} failed: credentials refused", status=resp.status_code)
+        if resp.status_code != 200:
+            resp.close()
+            raise RegistryError(f"token server {urlsplit(realm).hostname} answered {resp.status_code}",
+                                status=resp.status_code)
+        try:
+            doc = resp.json()
+        except ValueError:
+            return None
+        token = doc.get("refresh_token") if isinstance(doc, dict) else None
+        return token if isinstance(token, str) and token else None
+
     def _token_request(self, method: str, url: str, headers: dict, data: dict | None = None):
         if urlsplit(url).scheme == "http" and not self.plain_http:
             raise AuthError(f"refusing to send credentials to plain-http token realm {url}")
