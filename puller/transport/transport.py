@@ -285,7 +285,11 @@ class Transport:
             self._tokens[key] = tok
             return "Bearer " + tok.value
 
-    def _fetch_token(self, params: dict[str, str], scope: str | None) -> _Token:
+    def _token_answer(self, params: dict[str, str], scope: str | None,
+                      extra: dict[str, str] | None = None) -> dict:
+        """The token server's JSON answer for ``scope`` (plus ``extra`` query fields), asked
+        with this transport's credentials: an identity token by the OAuth2 POST, else a GET
+        with Basic auth (or none, anonymously)."""
         realm = params.get("realm")
         if not realm:
             raise AuthError(f"registry {self.host} asked for a bearer token but named no realm")
@@ -296,9 +300,9 @@ class Transport:
             query["service"] = params["service"]
         if scope:
             query["scope"] = scope
+        query.update(extra or {})
         c = self.credentials
         headers = {"User-Agent": USER_AGENT}
-        started = time.time()
         if c is not None and getattr(c, "identity_token", None):
             form = dict(query, grant_type="refresh_token", refresh_token=c.identity_token,
                         client_id="puller")
@@ -309,21 +313,30 @@ class Transport:
             url = realm + ("&" if "?" in realm else "?") + urlencode(query)
             resp = self._token_request("GET", url, headers)
         if resp.status_code in (401, 403):
+            resp.close()
             if c is not None:
                 raise AuthError(f"{self.host}: the credentials were refused by {urlsplit(realm).hostname}",
                                 status=resp.status_code)
             raise AuthError(f"{self.host}: anonymous access was refused by the token server",
                             status=resp.status_code)
         if resp.status_code != 200:
+            resp.close()
             raise RegistryError(f"token server {urlsplit(realm).hostname} answered {resp.status_code}",
                                 status=resp.status_code)
         try:
             doc = resp.json()
         except ValueError:
-            raise AuthError(f"token server {urlsplit(realm).hostname} sent no JSON") from None
+            doc = None
+        if not isinstance(doc, dict):
+            raise AuthError(f"token server {urlsplit(realm).hostname} sent no JSON")
+        return doc
+
+    def _fetch_token(self, params: dict[str, str], scope: str | None) -> _Token:
+        started = time.time()
+        doc = self._token_answer(params, scope)
         value = doc.get("token") or doc.get("access_token")
         if not value:
-            raise AuthError(f"token server {urlsplit(realm).hostname} sent no token")
+            raise AuthError(f"token server {urlsplit(params['realm']).hostname} sent no token")
         try:
             expires_in = int(doc.get("expires_in") or 60)
         except (TypeError, ValueError):
@@ -332,7 +345,7 @@ class Transport:
         # Refresh early: at 90% of the lifetime, and never trust a token past its end.
         expires = issued + max(1.0, expires_in * 0.9 - 1)
         self.on_event({"event": "token", "host": self.host, "scope": scope, "expires_in": expires_in})
-        if self.memo is not None and c is None:  # only anonymous tokens are written down
+        if self.memo is not None and self.credentials is None:  # only anonymous tokens are written down
             self.memo.save_token(self.host, scope or "", str(value), expires)
         return _Token(str(value), expires)
 
@@ -342,31 +355,20 @@ class Transport:
         password need not be stored at all."""
         self._ensure_pinged()
         challenge = self._challenge
+        refused = f"login to {self.host} failed: credentials refused"
         if challenge is None or challenge[0] != "bearer" or not self._basic_header():
             resp = self.request("GET", "/v2/")
-            status = resp.status_code
             resp.close()
-            if status in (401, 403):
-                raise AuthError(f"login to {self.host} failed: credentials refused", status=status)
+            if resp.status_code in (401, 403):
+                raise AuthError(refused, status=resp.status_code)
             return None
-        realm = challenge[1].get("realm") or ""
-        query = {k: v for k, v in (("service", challenge[1].get("service")), ("offline_token", "true"),
-                                   ("client_id", "puller")) if v}
-        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
-        resp = self._token_request("GET", url, {"User-Agent": USER_AGENT,
-                                                "Authorization": self._basic_header() or ""})
-        if resp.status_code in (401, 403):
-            resp.close()
-            raise AuthError(f"login to {self.host} failed: credentials refused", status=resp.status_code)
-        if resp.status_code != 200:
-            resp.close()
-            raise RegistryError(f"token server {urlsplit(realm).hostname} answered {resp.status_code}",
-                                status=resp.status_code)
         try:
-            doc = resp.json()
-        except ValueError:
-            return None
-        token = doc.get("refresh_token") if isinstance(doc, dict) else None
+            doc = self._token_answer(challenge[1], None, {"offline_token": "true", "client_id": "puller"})
+        except AuthError as e:
+            if e.status in (401, 403):
+                raise AuthError(refused, status=e.status) from None
+            raise
+        token = doc.get("refresh_token")
         return token if isinstance(token, str) and token else None
 
     def _token_request(self, method: str, url: str, headers: dict, data: dict | None = None):
