@@ -25,7 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,9 @@ from .manifest import Descriptor, REGISTRY_DIGEST, REGISTRY_MEDIA_TYPE
 
 TYPE_CHECKING = False  # typing costs more to import than this module: names for checkers only
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    from typing import BinaryIO, TypeVar
+
+    T = TypeVar("T")
 
 __all__ = ["Store", "RefEntry", "default_cache_dir", "REF_NAME"]
 
@@ -122,22 +124,21 @@ _WRITEBACK = 4 * 1024 * 1024  # start writing a blob back to disk every 4 MiB
 def _mkstemp(d: Path, prefix: str) -> tuple[int, str]:
     """A new private file ``d/PREFIX.RANDOM``, as ``tempfile.mkstemp`` makes one (tempfile
     itself costs more to import than a warm pull spends here)."""
-    for _ in range(100):
-        name = os.path.join(d, f"{prefix}.{os.urandom(6).hex()}")
-        try:
-            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(d))
+    return _unused(d, prefix, lambda n: os.open(n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
 def _mkdtemp(d: Path, prefix: str) -> Path:
     """A new private directory ``d/PREFIX.RANDOM``, as ``tempfile.mkdtemp`` makes one."""
+    return Path(_unused(d, prefix, lambda n: os.mkdir(n, 0o700))[1])
+
+
+def _unused(d: Path, prefix: str, create: Callable[[str], T]) -> tuple[T, str]:
+    """What ``create`` makes of a name ``d/PREFIX.RANDOM`` that did not exist yet (it must
+    fail with FileExistsError when the name is taken), and the name."""
     for _ in range(100):
-        path = Path(d, f"{prefix}.{os.urandom(6).hex()}")
+        name = os.path.join(d, f"{prefix}.{os.urandom(6).hex()}")
         try:
-            os.mkdir(path, 0o700)
-            return path
+            return create(name), name
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no unused temporary name", str(d))
