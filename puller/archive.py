@@ -615,6 +615,19 @@ class _Staging:
                 out.close()
         self._syncs.append(self._syncer.submit(work))
 
+    @contextlib.contextmanager
+    def _writing(self, out: IO[bytes] | None) -> Iterator[None]:
+        """The block writes ``out`` (None: nothing to keep): closed if the block fails,
+        else fsynced and closed on the sync thread."""
+        try:
+            yield
+        except BaseException:
+            if out is not None:
+                out.close()
+            raise
+        if out is not None:
+            self._sync_and_close(out)
+
     def synced(self) -> None:
         """Every staged file is on disk: due before the first is renamed into blobs/."""
         try:
@@ -666,7 +679,7 @@ class _Staging:
         path, out = self._new_file(small_writes=gzip_it) if keep or gzip_it else (None, None)
         z = _gzip_compressor() if gzip_it else None
         n = written = 0
-        try:
+        with self._writing(out):
             chunk = first
             while chunk:
                 n += len(chunk)
@@ -688,12 +701,6 @@ class _Staging:
                 out.write(piece)  # type: ignore[union-attr]
             if out is not None:
                 out.flush()
-        except BaseException:
-            if out is not None:
-                out.close()
-            raise
-        if out is not None:
-            self._sync_and_close(out)
         plain = _Future((f"sha256:{diff_h.hexdigest()}", n))
         if z is not None:
             return _Staged(f"{algo}:{blob_h.hexdigest()}", written, "gzip", path, plain)
@@ -707,7 +714,7 @@ class _Staging:
         from the cache's copy of the blob, see :meth:`cached_uncompressed`)."""
         path, out = self._new_file() if keep else (None, None)
         tee = _Tee(src, first, algo, out)
-        try:
+        with self._writing(out):
             uncompressed = recorded
             if uncompressed is None and inline:
                 uncompressed = _Future(_inflated(tee, self.workers.stop))  # type: ignore[arg-type]
@@ -720,12 +727,6 @@ class _Staging:
                 uncompressed = (self.cached_uncompressed(digest, eager=True) if staged_path is None
                                 else self.workers.submit(
                                     lambda: _inflated_file(staged_path, self.workers.stop)))
-        except BaseException:
-            if out is not None:
-                out.close()
-            raise
-        if out is not None:
-            self._sync_and_close(out)
         return _Staged(digest, tee.size, compression, path, uncompressed)
 
     def _recorded(self, digest: str) -> _Future | None:
