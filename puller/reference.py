@@ -154,12 +154,12 @@ class Reference:
             raise BadReference(f"invalid reference {_quote(self._join())}: {problem}")
 
     def _join(self) -> str:
-        text = f"{self.registry}/{self.repository}"
-        if self.tag is not None:
-            text += f":{self.tag}"
-        if self.digest is not None:
-            text += f"@{self.digest}"
-        return text
+        return f"{self.registry}/{self.repository}{self._suffix()}"
+
+    def _suffix(self) -> str:
+        """``:tag``, ``@digest``, both or neither, as the reference has them."""
+        return (f":{self.tag}" if self.tag is not None else "") + \
+            (f"@{self.digest}" if self.digest is not None else "")
 
     def __str__(self) -> str:
         return self._join()
@@ -186,11 +186,7 @@ class Reference:
             text = f"{DOCKER_HUB}/{path}" if _looks_like_host(path) else path
         else:
             text = f"{self.registry}/{path}"
-        if self.tag is not None:
-            text += f":{self.tag}"
-        if self.digest is not None:
-            text += f"@{self.digest}"
-        return text
+        return text + self._suffix()
 
     @property
     def api_host(self) -> str:
