@@ -174,26 +174,32 @@ def prepare_rootfs(ref: str, *, cache: str | None = None, pull: str = "missing",
     else:
         from .pull import pull as do_pull
         do_pull(r, store=store, platform=wanted, progress=progress, options=registry_options)
-        entry = lookup_ref(store, r)
-        img = resolve(store, entry, wanted) if entry is not None else None
-        if img is None:
-            raise CacheError(f"{r.familiar} was pulled but is not complete in the cache")
+        img = pulled_image(store, r, wanted)
         rootfs, sidecar = ensure_rootfs(store, img, progress=progress)
     _pin(rootfs.with_name(rootfs.name + ".ready"))  # a running container's base survives prune
     return PreparedImage(img.name, img.manifest_digest, rootfs, img.config.get("config") or {},
                          sidecar, store.root)
 
 
+def pulled_image(store: Store, ref, wanted: Platform) -> CachedImage:
+    """The image a pull of ``ref`` just completed; CacheError if the cache lacks part of it."""
+    entry = lookup_ref(store, ref)
+    img = resolve(store, entry, wanted) if entry is not None else None
+    if img is None:
+        raise CacheError(f"{ref.familiar} was pulled but is not complete in the cache")
+    return img
+
+
 def ensure_rootfs(store: Store, img: CachedImage, *, progress=None) -> tuple[Path, Path | None]:
     """The shared base rootfs of ``img``, unpacked on first use (under a lock)."""
-    return unpack_base(store, img.local_digest, img.layer_openers, img.diff_ids, progress=progress)
+    return unpack_base(store, img.local_digest, img.layer_openers(store), img.diff_ids, progress=progress)
 
 
-def unpack_base(store: Store, local_digest: str, openers: Callable[[Store], list], diff_ids: list[str],
-                *, progress=None) -> tuple[Path, Path | None]:
+def unpack_base(store: Store, local_digest: str, openers: list[Callable[[], BinaryIO]],
+                diff_ids: list[str], *, progress=None) -> tuple[Path, Path | None]:
     """``CACHE/rootfs/<digest>`` for the image whose local manifest is ``local_digest``:
-    unpacked from ``openers(store)`` unless a ``.ready`` marker says it already is; one
-    process unpacks while the others wait on the lock. Returns it and its rootless record."""
+    unpacked from ``openers`` unless a ``.ready`` marker says it already is; one process
+    unpacks while the others wait on the lock. Returns it and its rootless record."""
     import os
     hexd = local_digest.split(":")[1]
     dest = store.rootfs_dir / hexd
@@ -205,7 +211,7 @@ def unpack_base(store: Store, local_digest: str, openers: Callable[[Store], list
                 from .unpack import unpack
                 store.rootfs_dir.mkdir(parents=True, exist_ok=True)
                 record.parent.mkdir(parents=True, exist_ok=True)
-                unpack(openers(store), diff_ids, dest, force=True,
+                unpack(openers, diff_ids, dest, force=True,
                        record=record if os.geteuid() != 0 else None, progress=progress)
                 ready.write_text(local_digest + "\n")
     return dest, (record if record.exists() else None)

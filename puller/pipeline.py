@@ -13,10 +13,14 @@ from pathlib import Path
 from collections.abc import Callable
 
 from .errors import CacheError, PullerError
-from .image import CachedImage, lookup_ref, resolve
+from .image import CachedImage, pulled_image
 from .manifest import Manifest, parse
 from .platform import Platform
 from .store import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 __all__ = ["pull_and_unpack", "pull_into_rootfs"]
 
@@ -103,20 +107,16 @@ class _Pulling:
         config = json.loads(store.read_blob(m.config.digest))
         return m, list(config.get("rootfs", {}).get("diff_ids") or [])
 
-    def openers(self, m: Manifest) -> Callable[[Store], list]:
+    def openers(self, m: Manifest) -> list[Callable[[], BinaryIO]]:
         def opener(d):
             def open_when_ready():
                 self.watch.wait_for(lambda: self.store.has_blob(d.digest, d.size))
                 return self.store.open_blob(d.digest, d.size)
             return open_when_ready
-        return lambda store: [opener(d) for d in m.layers]
+        return [opener(d) for d in m.layers]
 
     def image(self) -> CachedImage:
-        entry = lookup_ref(self.store, self.ref)
-        img = resolve(self.store, entry, self.wanted) if entry is not None else None
-        if img is None:
-            raise CacheError(f"{self.ref.familiar} was pulled but is not complete in the cache")
-        return img
+        return pulled_image(self.store, self.ref, self.wanted)
 
 
 def pull_and_unpack(ref, store: Store, wanted: Platform, dest: Path, *, options=None, jobs: int = 4,
@@ -131,7 +131,7 @@ def pull_and_unpack(ref, store: Store, wanted: Platform, dest: Path, *, options=
         if os.geteuid() != 0:
             record = store.root / "rootless" / f"{m.to_oci().digest.split(':')[1]}.json"
             record.parent.mkdir(parents=True, exist_ok=True)
-        result = unpack(p.openers(m)(store), diff_ids, dest, force=force,
+        result = unpack(p.openers(m), diff_ids, dest, force=force,
                         limits=limits or Limits(), record=record, progress=progress)
     return p.image(), result, record
 
