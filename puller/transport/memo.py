@@ -32,28 +32,25 @@ class AuthMemo:
         self.tmp_dir = Path(tmp_dir) if tmp_dir is not None else self.path.parent
         self._lock = threading.Lock()
 
-    def ping(self, host: str) -> tuple[str, tuple[str, dict[str, str]] | None] | None:
-        """(scheme, challenge) that ``host``'s ping answered recently, or None."""
+    def recall(self, host: str) -> tuple[str, tuple[str, dict[str, str]] | None,
+                                         dict[str, tuple[str, float]]] | None:
+        """What ``host``'s ping answered recently, (scheme, challenge, tokens), or None;
+        ``tokens`` are the anonymous ones still good: scope -> (token, expires)."""
         entry = self._read().get(host)
         if not isinstance(entry, dict) or time.time() - float(entry.get("at", 0)) > _PING_TTL:
             return None
         scheme, challenge = entry.get("scheme"), entry.get("challenge")
         if scheme not in ("http", "https"):
             return None
-        if challenge is None:
-            return scheme, None
-        if (not isinstance(challenge, list) or len(challenge) != 2 or not isinstance(challenge[1], dict)
-                or challenge[0] not in ("bearer", "basic")):
-            return None
-        return scheme, (challenge[0], {str(k): str(v) for k, v in challenge[1].items()})
-
-    def tokens(self, host: str) -> dict[str, tuple[str, float]]:
-        """Anonymous tokens for ``host`` that are still good: scope -> (token, expires)."""
-        entry = self._read().get(host)
-        tokens = entry.get("tokens") if isinstance(entry, dict) else None
+        if challenge is not None:
+            if (not isinstance(challenge, list) or len(challenge) != 2 or not isinstance(challenge[1], dict)
+                    or challenge[0] not in ("bearer", "basic")):
+                return None
+            challenge = (challenge[0], {str(k): str(v) for k, v in challenge[1].items()})
         now = time.time()
-        return {str(scope): (str(t[0]), float(t[1])) for scope, t in (tokens or {}).items()
-                if isinstance(t, list) and len(t) == 2 and float(t[1]) > now + _MIN_LEFT}
+        tokens = {str(scope): (str(t[0]), float(t[1])) for scope, t in (entry.get("tokens") or {}).items()
+                  if isinstance(t, list) and len(t) == 2 and float(t[1]) > now + _MIN_LEFT}
+        return scheme, challenge, tokens
 
     def save_ping(self, host: str, scheme: str, challenge: tuple[str, dict[str, str]] | None) -> None:
         def change(entry: dict) -> dict:
