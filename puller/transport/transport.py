@@ -188,20 +188,24 @@ class Transport:
                 return
             if not self._remembered():
                 self._ping()
-                if self.memo is not None:
-                    self.memo.save_ping(self.host, self._scheme or "https", self._challenge)
+                self._remember()
             self._pinged = True
+
+    def _remember(self) -> None:
+        """Write the scheme and challenge learnt down in the memo, for the next process."""
+        if self.memo is not None:
+            self.memo.save_ping(self.host, self._scheme or "https", self._challenge)
 
     def _remembered(self) -> bool:
         """Take the ping's answer (and anonymous tokens) from the memo, if it has them."""
         if self.memo is None:
             return False
-        got = self.memo.ping(self.host)
+        got = self.memo.recall(self.host)
         if got is None or (self._scheme is not None and got[0] != self._scheme):
             return False
-        self._scheme, self._challenge = got
+        self._scheme, self._challenge, tokens = got
         if self.credentials is None and self._challenge is not None and self._challenge[0] == "bearer":
-            self._tokens = {scope: _Token(v, exp) for scope, (v, exp) in self.memo.tokens(self.host).items()}
+            self._tokens = {scope: _Token(v, exp) for scope, (v, exp) in tokens.items()}
         return True
 
     def _ping(self) -> None:
@@ -435,8 +439,7 @@ class Transport:
                 # None at ping time (or a remembered one gone stale): learn this one now.
                 with self._lock:
                     self._challenge, self._tokens = fresh, {}
-                if self.memo is not None:
-                    self.memo.save_ping(self.host, self._scheme or "https", fresh)
+                self._remember()
                 resp.close()
                 resp = run(once)
             elif self._challenge is not None and self._challenge[0] == "bearer":
