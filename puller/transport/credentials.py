@@ -365,11 +365,11 @@ def store(registry: str, username: str, password: str, *, identity_token: str | 
         user, secret = (_TOKEN_USERNAME, identity_token) if identity_token else (username, password)
         payload = json.dumps({"ServerURL": key, "Username": user, "Secret": secret})
         _run_helper(helper, "store", payload, path)
-    elif identity_token:
-        entry["auth"] = base64.b64encode(f"{username}:".encode()).decode("ascii")
-        entry["identitytoken"] = identity_token
-    else:
-        entry["auth"] = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    else:  # an identity token replaces the password: Docker then writes "user:" alone
+        secret = "" if identity_token else password
+        entry["auth"] = base64.b64encode(f"{username}:{secret}".encode()).decode("ascii")
+        if identity_token:
+            entry["identitytoken"] = identity_token
     config["auths"] = {**auths, key: entry}
     _write_config(path, config)
 
