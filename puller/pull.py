@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ._log import get_logger
 from .errors import (DigestMismatch, NetworkError, NotCached, PullerError)
-from .image import lookup_ref, resolve
+from .image import lookup_ref, pulled_image, resolve
 from .manifest import (INDEX_TYPES, REGISTRY_DIGEST, Descriptor, Index, Manifest, parse)
 from .platform import Platform, select
 from .registry import Registry, RegistryOptions
@@ -121,10 +121,7 @@ def _pull_online(ref, reg: Registry, store: Store, wanted: Platform, jobs: int, 
         _fetch_image(reg, store, repo, top, emit, jobs, counter)
         local_top = _store_twin(store, top)
     store.set_ref(name, local_top, registry_digest=top.digest, registry_media_type=top.media_type)
-    entry = lookup_ref(store, ref)
-    img = resolve(store, entry, wanted) if entry else None
-    if img is None:  # a single-platform image that is not the wanted platform still counts
-        raise PullerError(f"{ref.familiar}: pulled, but the cache does not hold a complete image")
+    img = pulled_image(store, ref, wanted)
     emit({"event": "done", "ref": name, "digest": top.digest, "bytes": counter.n})
     return _result(ref, img, cached=counter.n == 0, offline=False, downloaded=counter.n,
                    ratelimit=reg.ratelimit)
